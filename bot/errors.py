@@ -69,3 +69,11 @@ class ModelError(BotError):
 
 class TurnCancelled(BotError):
     """A turn was cancelled by its owner or an admin."""
+
+
+class DMClosed(BotError):
+    """The user does not accept direct messages from the bot."""
+
+
+class DeliveryFailed(BotError):
+    """A notification could not be delivered now (Discord down, rate limited...); retried later."""

@@ -1,0 +1,1 @@
+"""The agent: an Ollama tool-calling loop acting in the conversation's VM."""

@@ -75,8 +75,8 @@ class VMRecord:
 class VMManager:
     """Creates, adopts, starts, stops and recreates VMs; hands out live exec channels."""
 
-    def __init__(self, settings: Settings, client: docker.DockerClient, *,
-                 on_notify: NotifySink | None = None) -> None:
+    def __init__(self, settings: Settings, client: docker.DockerClient, *, on_notify: NotifySink) -> None:
+        """`on_notify` must store the notification: the VM forgets it once the sink returns."""
         self.settings = settings
         self.client = client
         self.on_notify = on_notify
@@ -285,8 +285,7 @@ class VMManager:
     async def _open_channel(self, vm: VMRecord) -> ExecChannel:
         async def deliver(notification: Notification) -> None:
             vm.last_active = time.monotonic()
-            if self.on_notify is not None:
-                await self.on_notify(vm.key, notification)
+            await self.on_notify(vm.key, notification)
 
         try:
             return await ExecChannel.open_docker(self.client.api, vm.container_id, on_notify=deliver)

@@ -10,13 +10,20 @@ import argparse
 import asyncio
 import logging
 import sys
+from contextlib import AsyncExitStack
+from functools import partial
 
 import docker
 import docker.errors
+import ollama
 
+from bot.agent.loop import Agent
 from bot.config import Settings, load_settings
-from bot.errors import BotError, EngineError
-from bot.images import build_image
+from bot.errors import BotError, ConfigError, EngineError
+from bot.images import build_image, ensure_image
+from bot.notify import queue_vm_notification
+from bot.store import Store
+from bot.vm.manager import VMManager
 
 log = logging.getLogger("bot")
 
@@ -45,20 +52,58 @@ async def cmd_images(settings: Settings, args: argparse.Namespace) -> None:
     print(f"agent image {settings.vm_image} is ready")
 
 
+async def open_core(stack: AsyncExitStack, settings: Settings) -> Agent:
+    """settings -> store -> Docker -> VMManager -> Ollama client -> Agent, closed by the stack."""
+    store = await stack.enter_async_context(Store.open(settings.database_path))
+    interrupted = await store.mark_interrupted()
+    if interrupted:
+        log.info("%d task(s) that were running when the bot stopped are marked interrupted", interrupted)
+    client = docker_client()
+    stack.callback(client.close)
+    await ensure_image(client, settings.agent_image_dir, settings.vm_image, base_image=settings.base_image,
+                       extra_packages=settings.extra_packages)
+    vms = await stack.enter_async_context(
+        VMManager(settings, client, on_notify=partial(queue_vm_notification, store)))
+    ollama_client = ollama.AsyncClient(host=settings.ollama_host, timeout=settings.ollama_timeout)
+    stack.push_async_callback(ollama_client.close)
+    return Agent(settings, store, vms, ollama_client)
+
+
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
+    from bot.client import AgentBot  # the Discord front end; `console` does without it
+
+    if not settings.discord_token:
+        raise ConfigError("DISCORD_TOKEN is not set: put the bot's token in .env (see .env.example).")
+    async with AsyncExitStack() as stack:
+        agent = await open_core(stack, settings)
+        bot = AgentBot(settings, agent.store, agent.vms, agent, agent.client)
+        async with bot:
+            await bot.start(settings.discord_token)
+
+
+async def cmd_console(settings: Settings, args: argparse.Namespace) -> None:
+    from bot.console import run_console
+
+    async with AsyncExitStack() as stack:
+        agent = await open_core(stack, settings)
+        await run_console(agent, agent.store, owner_id=args.user)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the Discord bot (the default)")
+    console = sub.add_parser("console", help="talk to the agent in this terminal, without Discord")
+    console.add_argument("--user", type=int, default=0, help="the user id to act as (default 0)")
     images = sub.add_parser("images", help="build (or rebuild) the agent image from agent_image/")
     images.add_argument("--base-image", help="FROM image (default: BASE_IMAGE, debian:bookworm-slim)")
     images.add_argument("--extra-packages", help="Debian packages to add, space separated")
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        raise SystemExit(2)
+    args.command = args.command or "run"
     return args
 
 
-COMMANDS = {"images": cmd_images}
+COMMANDS = {"run": cmd_run, "console": cmd_console, "images": cmd_images}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,19 @@ import signal
 import sys
 from typing import TextIO
 
-from bot.agent.events import (AgentEvent, Done, Failed, FileAttached, NotificationQueued, TextDelta,
-                              ThinkingDelta, ToolEnd, ToolOutput, ToolStart)
+from bot.agent.events import (
+    AgentEvent,
+    Done,
+    Failed,
+    FileAttached,
+    NotificationQueued,
+    Started,
+    TextDelta,
+    ThinkingDelta,
+    ToolEnd,
+    ToolOutput,
+    ToolStart,
+)
 from bot.agent.loop import Agent
 from bot.agent.text import human_size
 from bot.store import Conversation, Store
@@ -43,8 +54,8 @@ class ConsoleRenderer:
         match event:
             case TextDelta(text=text):
                 self.write(text)
-            case ThinkingDelta():
-                pass  # thinking is not shown; the text follows
+            case Started() | ThinkingDelta():
+                pass  # nothing to show: the text follows
             case ToolStart(name=name, arguments=args, step=step, max_steps=max_steps):
                 shown = args.get("command") or args.get("path") or args.get("text") or ""
                 self.line(f"▶ {name}  {shown}   (step {step}/{max_steps})")

@@ -7,6 +7,13 @@ from typing import Any, Literal
 
 
 @dataclass(frozen=True, slots=True)
+class Started:
+    """The turn got its conversation's turn (earlier turns may have made it wait) and runs now."""
+
+    max_steps: int
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
 
@@ -75,7 +82,8 @@ class Failed:
     tokens: int = 0
     duration_s: float = 0.0
     cancelled: bool = False
+    interrupted: bool = False  # the bot is shutting down; the VM's job was left running
 
 
-AgentEvent = (TextDelta | ThinkingDelta | ToolStart | ToolOutput | ToolEnd | FileAttached
+AgentEvent = (Started | TextDelta | ThinkingDelta | ToolStart | ToolOutput | ToolEnd | FileAttached
               | NotificationQueued | Done | Failed)

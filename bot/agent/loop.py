@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import ollama
 
-from bot.agent.events import AgentEvent, Done, Failed, TextDelta, ThinkingDelta, ToolEnd, ToolStart
+from bot.agent.events import AgentEvent, Done, Failed, Started, TextDelta, ThinkingDelta, ToolEnd, ToolStart
 from bot.agent.model import ModelConfig, stream_chat
 from bot.agent.prompt import TokenEstimator, system_prompt, trim_history
 from bot.agent.tools import TOOL_SCHEMAS, ToolContext, run_tool
@@ -28,6 +28,21 @@ from bot.vm.manager import VMKey, VMManager
 log = logging.getLogger(__name__)
 
 Emit = Callable[[AgentEvent], Awaitable[None]]
+
+# Prints how many processes carrying MARKER in their environment it killed.
+_KILL_MARKED = r"""python3 - <<'EOF'
+import os, signal
+killed = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if b"MARKER" in f.read().split(b"\0") and int(pid) != os.getpid():
+                os.kill(int(pid), signal.SIGKILL)
+                killed += 1
+    except (OSError, ValueError):
+        pass
+print(killed)
+EOF"""
 
 
 @dataclass
@@ -70,12 +85,22 @@ class Agent:
         self.estimator = TokenEstimator()
         self._locks: dict[int, asyncio.Lock] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
+        self.shutting_down = False
 
     def vm_key(self, conversation: Conversation) -> VMKey:
         return VMKey(conversation.owner_id, conversation.vm_key)
 
     def is_running(self, conversation_id: int) -> bool:
         return conversation_id in self._running
+
+    def interrupt_all(self) -> int:
+        """The bot is stopping: end every turn, leaving the VMs' jobs running (Cancel after the
+        restart stops them). Returns how many turns were interrupted."""
+        self.shutting_down = True
+        running = [task for task in self._running.values() if not task.done()]
+        for task in running:
+            task.cancel()
+        return len(running)
 
     def cancel(self, conversation_id: int) -> bool:
         """Cancel the conversation's running turn (its running job is killed). False if none runs."""
@@ -84,6 +109,17 @@ class Agent:
             return False
         task.cancel()
         return True
+
+    async def kill_leftovers(self, conversation: Conversation) -> int:
+        """Kill what the conversation's commands left running in its VM (their exec environment
+        carries AGENT_CONVERSATION). Used when a task is cancelled after a bot restart. A VM that
+        is not running is not started for this."""
+        key = self.vm_key(conversation)
+        if (await self.vms.status(key)).state != "running":
+            return 0
+        marker = f"AGENT_CONVERSATION={conversation.id}"
+        done = await (await self.vms.channel(key)).run(_KILL_MARKED.replace("MARKER", marker), session="admin")
+        return int(done.stdout.strip() or 0)
 
     async def run_turn(self, conversation: Conversation, user_input: str) -> AsyncIterator[AgentEvent]:
         """Yield the turn's events; the last one is always Done or Failed."""
@@ -106,10 +142,16 @@ class Agent:
 
     async def _work(self, conversation: Conversation, user_input: str, emit: Emit) -> None:
         turn = _Turn(conversation, emit)
+        await emit(Started(self.settings.max_steps))
         try:
             with self.vms.activity(self.vm_key(conversation)):
                 await self._converse(turn, user_input)
         except asyncio.CancelledError:
+            if self.shutting_down:
+                await asyncio.shield(self._close_unanswered(turn, "Interrupted: the bot restarted."))
+                await emit(Failed("Interrupted: the bot restarted.", turn.steps, turn.tokens, turn.elapsed(),
+                                  interrupted=True))
+                return
             await asyncio.shield(self._close_unanswered(turn, "The user cancelled this before it finished."))
             await emit(Failed("Cancelled.", turn.steps, turn.tokens, turn.elapsed(), cancelled=True))
         except BotError as exc:
@@ -185,7 +227,7 @@ class Agent:
             await turn.emit(ToolStart(turn.calls, name, arguments, turn.steps, self.settings.max_steps))
             started = time.monotonic()
             ctx = ToolContext(lambda: self.vms.channel(key), self.store, turn.conversation, self.settings,
-                              turn.emit, turn.calls)
+                              turn.emit, turn.calls, lambda: self.shutting_down)
             result = await run_tool(ctx, name, call.function.arguments)
             await turn.emit(ToolEnd(turn.calls, name, result.ok, result.summary, result.exit_code,
                                     result.reason, time.monotonic() - started))

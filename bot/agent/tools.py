@@ -40,6 +40,7 @@ class ToolContext:
     settings: Settings
     emit: Callable[[AgentEvent], Awaitable[None]]
     call_id: int
+    shutting_down: Callable[[], bool] = lambda: False  # then a cancelled exec leaves its job running
 
     @property
     def session(self) -> str:
@@ -144,12 +145,14 @@ async def exec_tool(ctx: ToolContext, command: str, timeout: int | None = None) 
                 await ctx.emit(ToolOutput(ctx.call_id, chunk.stream, text))
         result = await job.wait()
     except asyncio.CancelledError:
-        await asyncio.shield(job.kill())  # cancel kills the whole job in the VM
+        if not ctx.shutting_down():  # a user's cancel kills the whole job; a bot restart does not
+            await asyncio.shield(job.kill())
         raise
     summary = {"timeout": f"timeout after {limit:g} s", "killed": "killed",
                "oom": "killed: out of memory"}.get(result.reason, f"exit {result.code}")
     body = clip("".join(output), MODEL_RESULT_CHARS) or "(no output)"
-    return ToolResult(f"[{summary}; {time.monotonic() - started:.1f} s]\n{body}", ok=result.code == 0,
+    dropped = f"; {result.dropped:,} bytes of output dropped in the middle" if result.dropped else ""
+    return ToolResult(f"[{summary}; {time.monotonic() - started:.1f} s{dropped}]\n{body}", ok=result.code == 0,
                       summary=summary, exit_code=result.code, reason=result.reason)
 
 

@@ -1,0 +1,156 @@
+"""AgentBot: the discord.py Bot that hosts the cogs, the app-command error handler, and the
+Discord side of notification delivery. Everything it needs is opened in __main__ and passed in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import discord
+import ollama
+from discord import app_commands
+from discord.ext import commands
+
+from bot.access import AccessPolicy, Caller
+from bot.agent.loop import Agent
+from bot.config import Settings
+from bot.errors import BotError, DeliveryFailed, DMClosed
+from bot.notify import NotificationWorker
+from bot.pacing import ChannelPacer
+from bot.records import Conversation
+from bot.store import Store
+from bot.vm.manager import VMManager
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 5.0
+COGS = ("bot.cogs.task", "bot.cogs.chat", "bot.cogs.status", "bot.cogs.download", "bot.cogs.admin")
+
+
+class AgentBot(commands.Bot):
+    def __init__(self, settings: Settings, store: Store, vms: VMManager, agent: Agent,
+                 ollama_client: ollama.AsyncClient, **options: Any) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True  # thread and DM messages are the conversation
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents,
+                         allowed_mentions=discord.AllowedMentions.none(), **options)
+        self.settings = settings
+        self.store = store
+        self.vms = vms
+        self.agent = agent
+        self.ollama = ollama_client
+        self.pacer = ChannelPacer()
+        self.access = AccessPolicy(settings)
+        self.notifier = NotificationWorker(store, DiscordDelivery(self))
+        self._background: set[asyncio.Task[Any]] = set()
+        self._notifier_task: asyncio.Task[Any] | None = None
+
+    async def setup_hook(self) -> None:
+        for cog in COGS:
+            await self.load_extension(cog)
+        self.tree.on_error = self.on_app_command_error
+        if self.application is not None and self.application.owner is not None:
+            self.access = AccessPolicy(self.settings, extra_admins=[self.application.owner.id])
+        for guild_id in self.settings.sync_guild_ids:
+            guild = discord.Object(guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to guild %s", len(synced), guild_id)
+        if not self.settings.sync_guild_ids:
+            log.warning("SYNC_GUILD_IDS is empty: commands were not synced. Mention the bot with "
+                        "`sync global` (owner only) to sync them everywhere.")
+        self._notifier_task = self.spawn(self.notifier.run(), name="notifications")
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Run in the background, keeping a reference; cancelled when the bot closes."""
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def close(self) -> None:
+        """Interrupt the turns (their footers say so, the VMs' jobs keep running), then stop."""
+        if self._notifier_task is not None:
+            self._notifier_task.cancel()
+        if self.agent.interrupt_all():
+            turns = [task for task in self._background if task is not self._notifier_task]
+            await asyncio.wait(turns, timeout=SHUTDOWN_GRACE_S)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await super().close()
+
+    def caller(self, user: discord.abc.User, guild: discord.Guild | None) -> Caller:
+        roles = frozenset(role.id for role in getattr(user, "roles", ()))
+        return Caller(user.id, guild.id if guild else None, roles)
+
+    def check_access(self, user: discord.abc.User, guild: discord.Guild | None) -> None:
+        self.access.check(self.caller(user, guild))
+
+    async def on_app_command_error(self, interaction: discord.Interaction[Any],
+                                   error: app_commands.AppCommandError) -> None:
+        """A BotError is one clear ephemeral sentence; anything else is logged and apologised for."""
+        original = getattr(error, "original", error)
+        if isinstance(original, BotError):
+            text = original.message
+        elif isinstance(error, app_commands.CheckFailure):
+            text = str(error)
+        else:
+            log.error("command %s failed", interaction.command and interaction.command.name, exc_info=original)
+            text = "Something went wrong inside the bot; the error is in its log."
+        with contextlib.suppress(discord.HTTPException):
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+
+
+class DiscordDelivery:
+    """The notification worker's way out: a DM, or the conversation's thread."""
+
+    def __init__(self, bot: AgentBot) -> None:
+        self.bot = bot
+
+    async def _label(self, conversation: Conversation | None) -> tuple[str, str]:
+        if conversation is None:
+            return "🔔", ""
+        tasks = await self.bot.store.tasks_of_conversation(conversation.id)
+        label = f"🔔 Task #{tasks[-1].id}:" if tasks else "🔔"
+        guild_id = tasks[-1].guild_id if tasks else None
+        link = f"\nhttps://discord.com/channels/{guild_id}/{conversation.external_id}" \
+            if conversation.kind == "thread" and guild_id else ""
+        return label, link
+
+    async def send_dm(self, owner_id: int, conversation: Conversation | None, text: str, nonce: str) -> None:
+        label, link = await self._label(conversation)
+        try:
+            user = self.bot.get_user(owner_id) or await self.bot.fetch_user(owner_id)
+            dm = await user.create_dm()
+            async with self.bot.pacer.slot(dm.id):
+                await dm.send(f"{label} {text}{link}"[:2000], nonce=nonce)
+        except discord.Forbidden as exc:
+            if exc.code == 50007:
+                raise DMClosed(f"User {owner_id} does not accept DMs.") from exc
+            raise DeliveryFailed(f"Discord refused the DM: {exc.text}") from exc
+        except discord.HTTPException as exc:
+            raise DeliveryFailed(f"Discord failed: {exc.status} {exc.text}") from exc
+
+    async def post_in_conversation(self, conversation: Conversation, text: str, nonce: str) -> bool:
+        if conversation.kind != "thread":
+            return False
+        label, _ = await self._label(conversation)
+        try:
+            channel = self.bot.get_channel(int(conversation.external_id)) \
+                or await self.bot.fetch_channel(int(conversation.external_id))
+            if not isinstance(channel, discord.abc.Messageable):
+                return False
+            async with self.bot.pacer.slot(channel.id):
+                await channel.send(f"{label} {text}"[:2000], nonce=nonce)
+        except discord.NotFound:
+            return False
+        except discord.HTTPException as exc:
+            raise DeliveryFailed(f"Discord failed: {exc.status} {exc.text}") from exc
+        return True

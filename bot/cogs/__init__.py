@@ -1,0 +1,1 @@
+"""Slash commands and listeners: thin, they parse, check access and hand over to the core."""

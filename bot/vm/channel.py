@@ -11,22 +11,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
 
-from bot.errors import ChannelClosed, VMError, VMFileError
+from bot.errors import ChannelClosed, VMError
+from bot.vm.handles import Call, ExecJob, Tunnel, lost, vm_error
 from bot.vm.protocol import (
     CompletedExec,
     DirEntry,
     DockerDemuxer,
-    ExecResult,
     FrameDecoder,
     HelloInfo,
     Notification,
-    OutputChunk,
     ProtocolError,
     VMStats,
     encode_header,
@@ -35,166 +34,10 @@ from bot.vm.protocol import (
 log = logging.getLogger(__name__)
 
 NotifyCallback = Callable[[Notification], Awaitable[None]]
-_T = TypeVar("_T", "_Call", "ExecJob", "Tunnel")
+_T = TypeVar("_T", Call, ExecJob, Tunnel)
 ATTACH_CMD = ["python3", "/opt/vmd/attach.py"]
 READ_SIZE = 1 << 18
 HELLO_TIMEOUT = 20.0
-
-
-def _lost(what: str) -> ChannelClosed:
-    return ChannelClosed(f"The connection to the VM was lost while {what}; run it again.")
-
-
-def _error(ev: dict[str, Any], *, file_op: bool) -> VMError:
-    message = str(ev.get("message") or "The VM's helper reported an error.")
-    return VMFileError(message, str(ev.get("code") or "error")) if file_op else VMError(message)
-
-
-class _Call:
-    """A request answered by exactly one event (result, hello, opened... or error)."""
-
-    def __init__(self, what: str, rid: int) -> None:
-        self.what, self.id = what, rid
-        self.future: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
-
-    def on_event(self, ev: dict[str, Any], payload: bytes) -> bool:
-        if not self.future.done():
-            self.future.set_result((ev, payload))
-        return True
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-
-class ExecJob:
-    """One running command: iterate it for `OutputChunk`s, `await wait()` for the `ExecResult`."""
-
-    def __init__(self, channel: ExecChannel, rid: int, cmd: str) -> None:
-        self.channel, self.id, self.cmd = channel, rid, cmd
-        self.what = f"running `{cmd if len(cmd) <= 60 else cmd[:57] + '...'}`"
-        self._chunks: asyncio.Queue[OutputChunk | BaseException | None] = asyncio.Queue()
-        self._result: asyncio.Future[ExecResult] = asyncio.get_running_loop().create_future()
-        self._result.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
-
-    def on_event(self, ev: dict[str, Any], payload: bytes) -> bool:
-        kind = ev.get("ev")
-        if kind == "out":
-            self._chunks.put_nowait(OutputChunk(str(ev.get("stream", "stdout")), payload))
-            return False
-        if kind == "exit":
-            if not self._result.done():
-                self._result.set_result(ExecResult.from_event(ev))
-                self._chunks.put_nowait(None)
-        else:
-            self.fail(_error(ev, file_op=False))
-        return True
-
-    def fail(self, exc: BaseException) -> None:
-        if not self._result.done():
-            self._result.set_exception(exc)
-            self._chunks.put_nowait(exc)
-
-    def __aiter__(self) -> AsyncIterator[OutputChunk]:
-        return self
-
-    async def __anext__(self) -> OutputChunk:
-        item = await self._chunks.get()
-        if item is None:
-            self._chunks.put_nowait(None)  # iterating again ends at once
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            self._chunks.put_nowait(item)
-            raise item
-        return item
-
-    @property
-    def done(self) -> bool:
-        return self._result.done()
-
-    async def wait(self) -> ExecResult:
-        return await asyncio.shield(self._result)
-
-    async def write(self, data: bytes) -> None:
-        await self.channel._send({"op": "stdin", "target": self.id}, data, what=self.what)
-
-    async def close_stdin(self) -> None:
-        await self.channel._send({"op": "stdin", "target": self.id, "eof": True}, what=self.what)
-
-    async def kill(self) -> None:
-        """Kills the whole job (its process group and every process that carries its marker)."""
-        if self.done:
-            return
-        try:
-            await self.channel._request({"op": "kill", "target": self.id}, what=f"stopping {self.what[8:]}")
-        except ChannelClosed:
-            raise
-        except VMError:
-            if not self.done:  # vmd answers not_found when the job ended meanwhile
-                raise
-
-    async def kill_quietly(self) -> None:
-        try:
-            await self.kill()
-        except VMError as exc:
-            log.debug("kill of %s failed: %s", self.what, exc)
-
-
-class Tunnel:
-    """A byte stream to a TCP port on the VM's localhost, carried by the channel."""
-
-    def __init__(self, channel: ExecChannel, rid: int, port: int) -> None:
-        self.channel, self.id, self.port = channel, rid, port
-        self.what = f"tunnelling to port {port}"
-        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._data: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
-        self._eof = False
-        self.closed = False
-
-    def on_event(self, ev: dict[str, Any], payload: bytes) -> bool:
-        kind = ev.get("ev")
-        if kind == "opened":
-            self.opened.set_result(None)
-            return False
-        if kind == "data":
-            self._data.put_nowait(payload)
-            return False
-        if kind == "error" and not self.opened.done():
-            self.opened.set_exception(_error(ev, file_op=False))
-        self.closed = True
-        self._data.put_nowait(b"")
-        return True
-
-    def fail(self, exc: BaseException) -> None:
-        self.closed = True
-        if not self.opened.done():
-            self.opened.set_exception(exc)
-        self._data.put_nowait(exc)
-
-    async def read(self) -> bytes:
-        """The next bytes from the VM side; b"" once the tunnel is closed."""
-        if self._eof:
-            return b""
-        item = await self._data.get()
-        if isinstance(item, BaseException):
-            self._eof = True
-            raise item
-        if not item:
-            self._eof = True
-        return item
-
-    async def write(self, data: bytes) -> None:
-        if self.closed:
-            raise VMError(f"The tunnel to port {self.port} in the VM is closed.")
-        await self.channel._send({"op": "tunnel_data", "target": self.id}, data, what=self.what)
-
-    async def close(self) -> None:
-        if not self.closed and not self.channel.closed:
-            self.closed = True
-            try:
-                await self.channel._send({"op": "tunnel_close", "target": self.id}, what=self.what)
-            except ChannelClosed:
-                pass
 
 
 class ExecChannel:
@@ -208,7 +51,7 @@ class ExecChannel:
         self._on_notify = on_notify
         self._keepalive = keepalive  # docker-py's SocketIO: keeps the hijacked response alive
         self._ids = itertools.count(1)
-        self._pending: dict[int, _Call | ExecJob | Tunnel] = {}
+        self._pending: dict[int, Call | ExecJob | Tunnel] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._stderr_tail = ""
@@ -252,7 +95,7 @@ class ExecChannel:
 
     async def _handshake(self) -> None:
         try:
-            ev, _ = await asyncio.wait_for(self._request({"op": "hello"}, what="connecting"), HELLO_TIMEOUT)
+            ev, _ = await asyncio.wait_for(self.request({"op": "hello"}, what="connecting"), HELLO_TIMEOUT)
         except (TimeoutError, ChannelClosed) as exc:
             await self.close()
             detail = f" ({self._stderr_tail.strip()})" if self._stderr_tail.strip() else ""
@@ -285,7 +128,7 @@ class ExecChannel:
             log.warning("exec channel lost: %s", exc)
         pending, self._pending = self._pending, {}
         for target in pending.values():
-            target.fail(_lost(target.what))
+            target.fail(lost(target.what))
         self._writer.close()
         if self._keepalive is not None:
             try:
@@ -344,15 +187,15 @@ class ExecChannel:
             return
         try:
             await self._on_notify(note)
-            await self._send({"op": "notify_ack", "nids": [note.nid]}, what="acknowledging a notification")
+            await self.send({"op": "notify_ack", "nids": [note.nid]}, what="acknowledging a notification")
         except ChannelClosed:
             pass
         except Exception:
             log.exception("on_notify failed for notification %s; it stays queued in the VM", note.nid)
 
-    async def _send(self, header: dict[str, Any], payload: bytes = b"", *, what: str, rid: int | None = None) -> int:
+    async def send(self, header: dict[str, Any], payload: bytes = b"", *, what: str, rid: int | None = None) -> int:
         if self._closed:
-            raise _lost(what)
+            raise lost(what)
         rid = next(self._ids) if rid is None else rid
         self._writer.write(encode_header({"id": rid, **header}, len(payload)))
         if payload:
@@ -361,7 +204,7 @@ class ExecChannel:
             await self._writer.drain()
         except (OSError, RuntimeError) as exc:
             self._shutdown(exc)
-            raise _lost(what) from exc
+            raise lost(what) from exc
         return rid
 
     async def _start(self, make: Callable[[int], _T], header: dict[str, Any], payload: bytes = b"") -> _T:
@@ -369,21 +212,21 @@ class ExecChannel:
         rid = next(self._ids)
         target = self._pending[rid] = make(rid)
         try:
-            await self._send(header, payload, what=target.what, rid=rid)
+            await self.send(header, payload, what=target.what, rid=rid)
         except BaseException:
             self._pending.pop(rid, None)
             raise
         return target
 
-    async def _request(self, header: dict[str, Any], payload: bytes = b"", *, what: str,
+    async def request(self, header: dict[str, Any], payload: bytes = b"", *, what: str,
                        file_op: bool = False) -> tuple[dict[str, Any], bytes]:
-        call = await self._start(lambda rid: _Call(what, rid), header, payload)
+        call = await self._start(lambda rid: Call(what, rid), header, payload)
         try:
             ev, data = await call.future
         finally:
             self._pending.pop(call.id, None)
         if ev.get("ev") == "error":
-            raise _error(ev, file_op=file_op)
+            raise vm_error(ev, file_op=file_op)
         return ev, data
 
     # ---- commands -----------------------------------------------------------------------------
@@ -438,7 +281,7 @@ class ExecChannel:
         await self._file_op({"op": "archive_in", "path": dest, "format": "tar"}, f"unpacking into {dest}", tar_bytes)
 
     async def _file_op(self, header: dict[str, Any], what: str, payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
-        return await self._request(header, payload, what=what, file_op=True)
+        return await self.request(header, payload, what=what, file_op=True)
 
     # ---- tunnel and stats ---------------------------------------------------------------------
 
@@ -453,5 +296,5 @@ class ExecChannel:
         return tunnel
 
     async def stats(self) -> VMStats:
-        ev, _ = await self._request({"op": "stats"}, what="reading the VM's usage")
+        ev, _ = await self.request({"op": "stats"}, what="reading the VM's usage")
         return VMStats.from_dict(ev)

@@ -51,7 +51,7 @@ class AgentBot(commands.Bot):
     async def setup_hook(self) -> None:
         for cog in COGS:
             await self.load_extension(cog)
-        self.tree.on_error = self.on_app_command_error
+        self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
         if self.application is not None and self.application.owner is not None:
             self.access = AccessPolicy(self.settings, extra_admins=[self.application.owner.id])
         for guild_id in self.settings.sync_guild_ids:

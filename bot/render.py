@@ -248,7 +248,8 @@ class StreamRenderer:
                     if slot is not self.header:
                         content = close_fences(content)
                     if slot.message is None:
-                        slot.message = await self.channel.send(content=content or None, embed=embed,
+                        slot.message = await self.channel.send(content=content or None,
+                                                               embed=embed or discord.utils.MISSING,
                                                                view=view or discord.utils.MISSING,
                                                                allowed_mentions=NO_MENTIONS)
                     else:

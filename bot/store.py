@@ -175,7 +175,7 @@ class Store:
                        "synchronous = NORMAL", "foreign_keys = ON"):
             await self._db.execute(f"PRAGMA {pragma}")
         async with self._transaction("BEGIN IMMEDIATE") as db:
-            (version,) = (await db.execute_fetchall("PRAGMA user_version"))[0]
+            (version,) = list(await db.execute_fetchall("PRAGMA user_version"))[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"The database {path} has schema version {version}, newer than"
                                  f" this bot's ({SCHEMA_VERSION}): run a newer bot.")

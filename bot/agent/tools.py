@@ -142,7 +142,7 @@ async def exec_tool(ctx: ToolContext, command: str, timeout: int | None = None) 
             text = clean(decoders[chunk.stream].decode(chunk.data))
             if text:
                 output.append(text)
-                await ctx.emit(ToolOutput(ctx.call_id, chunk.stream, text))
+                await ctx.emit(ToolOutput(ctx.call_id, "stderr" if chunk.stream == "stderr" else "stdout", text))
         result = await job.wait()
     except asyncio.CancelledError:
         if not ctx.shutting_down():  # a user's cancel kills the whole job; a bot restart does not

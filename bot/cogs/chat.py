@@ -64,7 +64,7 @@ class Chat(commands.Cog):
                                            "start your own with /task.")
             return
         self.bot.check_access(message.author, message.guild)
-        await self._start(message, conversation.id, thread.guild.filesize_limit, message.guild and message.guild.id)
+        await self._start(message, conversation.id, thread.guild.filesize_limit, thread.guild.id)
 
     async def _dm(self, message: discord.Message) -> None:
         self.bot.check_access(message.author, None)

@@ -42,7 +42,7 @@ def vm_line(status: VMStatus) -> str:
 
 
 def task_line(task: Task, with_owner: bool = False) -> str:
-    state = task.status
+    state: str = task.status
     if task.status == "failed" and task.error:
         state += f" ({task.error[:60]})"
     elif task.status == "running" and task.steps:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.agent.events import Done, Failed, Started, ToolStart
-from bot.records import Conversation, Task
+from bot.records import Conversation, Task, TaskStatus
 from bot.render import StreamRenderer, footer_for
 
 if TYPE_CHECKING:
@@ -102,10 +102,12 @@ class TurnRunner:
             self.queued.pop(task.id, None)
             self.running.pop(conversation.id, None)
         footer, state = footer_for(final, self.cancelled_by.pop(task.id, ""))
-        status = "done" if isinstance(final, Done) else (
-            "interrupted" if final.interrupted else "cancelled" if final.cancelled else "failed")
-        await self.bot.store.set_task_status(task.id, status, error=None if status == "done" else final.message,
-                                             steps=final.steps, tokens=final.tokens)
+        status: TaskStatus = "done"
+        error = None
+        if isinstance(final, Failed):
+            status = "interrupted" if final.interrupted else "cancelled" if final.cancelled else "failed"
+            error = final.message
+        await self.bot.store.set_task_status(task.id, status, error=error, steps=final.steps, tokens=final.tokens)
         await asyncio.shield(renderer.finish(footer, state))
 
     async def _stream(self, renderer: StreamRenderer, progress: _Progress, conversation: Conversation,

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 class Wire(Protocol):
     """The channel as the handles use it."""
 
+    @property
+    def closed(self) -> bool:
+        ...
+
     async def send(self, header: dict[str, Any], payload: bytes = b"", *, what: str, rid: int | None = None) -> int:
         ...
 

@@ -224,8 +224,9 @@ class VMManager:
         if state.status != "running":
             return VMStatus(key, vm.name, "stopped")
         stats = await (await self.channel(key)).stats()
+        cpu = await self._cpu_percent(vm, stats.cpu_usage_ns)
         return VMStatus(key, vm.name, "running", uptime_s=stats.uptime_s, memory_bytes=stats.memory_bytes,
-                        memory_limit=stats.memory_limit, cpu_percent=await self._cpu_percent(vm, stats.cpu_usage_ns))
+                        memory_limit=stats.memory_limit or self.settings.vm_memory, cpu_percent=cpu)
 
     async def statuses(self) -> list[VMStatus]:
         """Every VM of this app (for admins)."""

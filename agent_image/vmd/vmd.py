@@ -204,7 +204,8 @@ class Connection:
 
     def hello(self, rid: int) -> None:
         self.greeted = True
-        self.send({"id": rid, "ev": "hello", "version": VERSION, "pid": os.getpid(), "boot_time": self.server.boot_time})
+        self.send({"id": rid, "ev": "hello", "version": VERSION, "pid": os.getpid(),
+                   "boot_time": self.server.boot_time})
         for note in self.server.notes.pending:
             self.send({"id": 0, "ev": "notify", **note})
 

@@ -8,9 +8,10 @@ import os
 import posixpath
 import stat
 import tarfile
-import tempfile
 import zipfile
 from typing import Any
+
+from vmd_sys import write_atomic
 
 WORKSPACE = os.environ.get("VMD_WORKSPACE", "/workspace")
 UMASK = os.umask(0o022)
@@ -92,27 +93,12 @@ def write(req: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
                 mode = stat.S_IMODE(os.stat(path).st_mode)
             except FileNotFoundError:
                 mode = 0o666 & ~UMASK
-        _atomic_write(path, payload, mode)
+        write_atomic(path, payload, mode=mode)
     except FileExistsError as exc:
         raise FileOpError("not_dir", f"A part of {path} is not a directory.") from exc
     except OSError as exc:
         raise translate(exc, path) from exc
     return {"size": len(payload), "path": path}, b""
-
-
-def _atomic_write(path: str, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".vmdtmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def list_dir(req: dict[str, Any], _payload: bytes) -> tuple[dict[str, Any], bytes]:
@@ -281,5 +267,5 @@ def _extract(tar: tarfile.TarFile, m: tarfile.TarInfo, rel: str, dest_real: str)
     else:
         src = tar.extractfile(m)
         data = src.read() if src else b""
-        _atomic_write(target, data, m.mode & 0o777)
+        write_atomic(target, data, mode=m.mode & 0o777)
         os.utime(target, (m.mtime, m.mtime))

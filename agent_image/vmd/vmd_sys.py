@@ -12,12 +12,14 @@ CGROUP = os.environ.get("VMD_CGROUP_ROOT", "/sys/fs/cgroup")
 EXCLUDED_ROLES = (b"VMD_ROLE=desktop", b"VMD_ROLE=attach")
 
 
-def write_json_atomic(path: str, data: Any, *, sync: bool = False) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+def write_atomic(path: str, data: bytes, *, mode: int = 0o644, sync: bool = False) -> None:
+    """Write through a temporary file in the same folder and rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.",
+                               suffix=".vmdtmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), mode & 0o7777)
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -28,6 +30,10 @@ def write_json_atomic(path: str, data: Any, *, sync: bool = False) -> None:
         except OSError:
             pass
         raise
+
+
+def write_json_atomic(path: str, data: Any, *, sync: bool = False) -> None:
+    write_atomic(path, json.dumps(data, separators=(",", ":")).encode(), mode=0o600, sync=sync)
 
 
 def _read(path: str) -> str | None:

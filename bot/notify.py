@@ -134,8 +134,8 @@ def bundle(items: list[OutboxItem]) -> str:
     if len(items) == 1:
         return items[0].text
     lines = [f"• {item.text}" for item in items]
-    text = "\n".join(lines)
+    text = f"{len(items)} notifications:\n" + "\n".join(lines)
     while len(text) > MAX_NOTIFICATION_CHARS and len(lines) > 1:
         lines.pop(0)
-        text = f"(+{len(items) - len(lines)} earlier)\n" + "\n".join(lines)
+        text = f"{len(items)} notifications (+{len(items) - len(lines)} earlier):\n" + "\n".join(lines)
     return text[:MAX_NOTIFICATION_CHARS]

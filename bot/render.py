@@ -84,12 +84,16 @@ class ToolCard:
     def render(self) -> str:
         lines = self.lines + ([self.partial[:180]] if self.partial else [])
         head = f"▶ **{self.name}**  `{self.shown}`  · {self.step}"
-        hidden = self.total_lines + bool(self.partial) - len(lines)
-        body = ("\n".join(lines)).replace("```", "ˋˋˋ")
-        out = head
-        if body:
-            out += "\n```\n" + (f"… {hidden} lines …\n" if hidden > 0 else "") + body + "\n```"
-        return (out + ("\n" + self.end if self.end else ""))[:DISCORD_LIMIT]
+        end = "\n" + self.end if self.end else ""
+        while True:  # the oldest lines give way, so that the closing fence and the end line fit
+            hidden = self.total_lines + bool(self.partial) - len(lines)
+            body = ("\n".join(lines)).replace("```", "ˋˋˋ")
+            out = head
+            if body:
+                out += "\n```\n" + (f"… {hidden} lines …\n" if hidden > 0 else "") + body + "\n```"
+            if len(out) + len(end) <= DISCORD_LIMIT or not lines:
+                return (out + end)[:DISCORD_LIMIT]
+            lines = lines[1:]
 
 
 def shown_argument(arguments: dict[str, object]) -> str:
@@ -203,11 +207,13 @@ class StreamRenderer:
             await self._send_files(footer)
         else:
             last = self.text_run[-1] if self.text_run else None
-            if last is not None and len(last.content) + len(footer) + 2 <= DISCORD_LIMIT:
-                last.content = f"{last.content}\n\n{footer}"
+            closed = close_fences(last.content) if last is not None else ""  # the footer goes below the code
+            if last is not None and len(closed) + len(footer) + 2 <= DISCORD_LIMIT:
+                last.content = f"{closed}\n\n{footer}"
             else:
                 self._slot(footer)
         self.set_state(state)
+        self._dirty.set()  # without a header, nothing else marks the footer or the last part as changed
         await self._flush_loop()
 
     async def _flush_loop(self) -> None:

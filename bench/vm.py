@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.config import load_settings  # noqa: E402
 from bot.errors import BotError  # noqa: E402
+from bot.vm.docker_ops import remove_app  # noqa: E402
 from bot.vm.manager import VMKey, VMManager  # noqa: E402
 
 
@@ -82,12 +83,7 @@ async def bench(runs: int) -> dict[str, float]:
         async with VMManager(desktop_settings, client, on_notify=ignore) as manager:
             desktop = [await timed(lambda i=i: rfb_greeting(manager, VMKey.for_user(200 + i))) for i in range(3)]
     finally:
-        for container in client.containers.list(all=True, filters={"label": f"agentbot.app={app}"}):
-            container.remove(force=True)
-        for volume in client.volumes.list(filters={"label": f"agentbot.app={app}"}):
-            volume.remove(force=True)
-        for network in client.networks.list(filters={"label": f"agentbot.app={app}"}):
-            network.remove()
+        await asyncio.to_thread(remove_app, client, app)
     return {
         "exec_p50_ms": round(statistics.median(exec_ms), 2), "exec_p95_ms": round(pct(exec_ms, 0.95), 2),
         "raw_exec_p50_ms": round(statistics.median(raw_ms), 2),

@@ -25,7 +25,7 @@ from bot.config import Settings, load_settings
 from bot.notify import queue_vm_notification
 from bot.records import Conversation
 from bot.store import Store
-from bot.vm.docker_ops import LABEL_APP
+from bot.vm.docker_ops import remove_app
 from bot.vm.manager import VMManager
 from tests.fakes.ollama_server import FakeOllama
 
@@ -44,17 +44,6 @@ def docker_client() -> Iterator[docker.DockerClient]:
         pytest.fail(f"No Docker engine answers ({exc}): run scripts/test.sh, which installs and starts one.")
     yield client
     client.close()
-
-
-def remove_app(client: docker.DockerClient, app: str) -> None:
-    """Remove every container, volume and network labelled with this app name."""
-    selector = {"label": f"{LABEL_APP}={app}"}
-    for container in client.containers.list(all=True, filters=selector):
-        container.remove(force=True)
-    for volume in client.volumes.list(filters=selector):
-        volume.remove(force=True)
-    for network in client.networks.list(filters=selector):
-        network.remove()
 
 
 @pytest.fixture

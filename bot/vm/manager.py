@@ -276,12 +276,14 @@ class VMManager:
 
     async def _start_or_recreate(self, vm: VMRecord, state: ContainerState) -> ContainerState:
         try:
-            return await asyncio.to_thread(docker_ops.start, self.client, state.id)
+            await asyncio.to_thread(docker_ops.start, self.client, state.id)
+            return state
         except VMError as exc:
             log.warning("VM %s would not start (%s): recreating it on the same volume", vm.name, exc)
             await asyncio.to_thread(docker_ops.remove, self.client, vm.name)
             created = await asyncio.to_thread(docker_ops.create, self.client, self._spec(vm.key))
-            return await asyncio.to_thread(docker_ops.start, self.client, created.id)
+            await asyncio.to_thread(docker_ops.start, self.client, created.id)
+            return created
 
     async def _open_channel(self, vm: VMRecord) -> ExecChannel:
         async def deliver(notification: Notification) -> None:

@@ -19,6 +19,7 @@ from bot.agent.model import ModelConfig
 from bot.client import AgentBot
 from bot.notify import queue_vm_notification
 from bot.store import Store
+from bot.vm.docker_ops import remove_app
 from bot.vm.manager import VMManager
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeMessage, FakeUser
 from tests.fakes.ollama_server import FakeOllama
@@ -79,8 +80,6 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
 async def make_bot(make_settings: Callable[..., Any], docker_client: Any, fake_discord: FakeDiscord,
                    fake_ollama: FakeOllama, tmp_path: Any, app_name: str) -> AsyncIterator[Callable[..., Any]]:
     """Start the bot as __main__ does; `rig.restart()` stops it and starts a new one on the same data."""
-    from tests.conftest import remove_app
-
     stacks: list[AsyncExitStack] = []
     fake = fake_discord
     alice, bob, admin = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("root")

@@ -257,3 +257,11 @@ async def test_a_message_during_a_turn_is_answered_after_it_in_order(make_rig: A
     assert text_of(first_events) == "first answer" and text_of(second_events) == "second answer to two"
     assert [m.content for m in await rig.store.history(conversation.id)] == [
         "one", "first answer", "two", "second answer to two"]
+
+
+async def test_thinking_is_asked_for_when_configured(make_rig: Any) -> None:
+    rig: AgentRig = await make_rig(ollama_think=True)
+    rig.ollama.script(Reply.text("The answer.", thinking="Let me think."))
+    events = await rig.turn(await rig.conversation(), "think first")
+    assert rig.ollama.chat_requests[-1].think is True
+    assert any(type(e).__name__ == "ThinkingDelta" for e in events) and text_of(events) == "The answer."

@@ -191,3 +191,17 @@ async def test_desktop_greets_through_the_tunnel_without_published_ports(
     attrs = container(docker_client, manager, ALICE).attrs
     assert not attrs["HostConfig"]["PortBindings"]
     assert all(not bindings for bindings in (attrs["NetworkSettings"]["Ports"] or {}).values())
+
+
+async def test_a_dropped_channel_is_reopened(make_manager: Any, docker_client: docker.DockerClient) -> None:
+    manager = await make_manager()
+    channel = await manager.channel(ALICE)
+    job = await channel.exec("sleep 30")
+    vm = container(docker_client, manager, ALICE)
+    await asyncio.to_thread(vm.exec_run, ["pkill", "-f", "/opt/vmd/attach.py"], user="agent")
+    with pytest.raises(ChannelClosed):
+        await asyncio.wait_for(job.wait(), 10)
+    again = await manager.channel(ALICE)
+    assert again is not channel
+    code, out = await sh(manager, ALICE, "echo reopened")
+    assert (code, out) == (0, "reopened\n")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import statistics
@@ -41,6 +40,8 @@ import docker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from report import print_figures  # noqa: E402 (bench/report.py, beside this script)
 
 from bot.vm.docker_ops import remove_app  # noqa: E402 (after the sys.path line)
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeInteraction, FakeUser  # noqa: E402
@@ -330,10 +331,7 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - the engine, the doubles, an assertion: one clear line
         print(f"bench/stream.py failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print(f"{'measure':<22}{'value':>10}  target")
-    for name, value in figures.items():
-        print(f"{name:<22}{value:>10}  {TARGETS[name]}")
-    print(json.dumps(figures))
+    print_figures(figures, TARGETS)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import docker
 import ollama
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from report import print_figures  # noqa: E402 (bench/report.py, beside this script)
 
 from bot.agent.events import Done
 from bot.agent.loop import Agent
@@ -186,10 +187,7 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash with a trace
         print(f"bench/turn.py failed: {exc!r}", file=sys.stderr)
         return 1
-    print(f"{'measure':<22}{'value':>10}  target")
-    for name, value in figures.items():
-        print(f"{name:<22}{value:>10}  {TARGETS[name]}")
-    print(json.dumps(figures))
+    print_figures(figures, TARGETS)
     return 0
 
 

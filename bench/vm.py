@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -24,6 +23,8 @@ from typing import Any
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from report import print_figures  # noqa: E402 (bench/report.py, beside this script)
 
 from bot.config import load_settings  # noqa: E402
 from bot.errors import BotError  # noqa: E402
@@ -96,13 +97,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     figures = asyncio.run(bench(parser.parse_args().runs))
-    print(f"{'measure':<18}{'value':>10}  target")
-    targets = {"exec_p50_ms": "<= 20 ms", "exec_p95_ms": "", "raw_exec_p50_ms": "(baseline)",
-               "cold_ready_s": "<= 0.6 s", "resume_s": "<= 0.5 s", "desktop_ready_s": "<= 1.2 s"}
-    for name, value in figures.items():
-        print(f"{name:<18}{value:>10}  {targets[name]}")
-    print(f"{'exec vs raw':<18}{figures['exec_p50_ms'] / figures['raw_exec_p50_ms']:>10.2f}  (ratio, lower is better)")
-    print(json.dumps(figures))
+    figures["exec_vs_raw_ratio"] = round(figures["exec_p50_ms"] / figures["raw_exec_p50_ms"], 3)
+    print_figures(figures, {"exec_p50_ms": "<= 20 ms", "raw_exec_p50_ms": "(baseline, same run)",
+                            "exec_vs_raw_ratio": "(lower is better)", "cold_ready_s": "<= 0.6 s",
+                            "resume_s": "<= 0.5 s", "desktop_ready_s": "<= 1.2 s"})
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import docker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from report import print_figures  # noqa: E402 (bench/report.py, beside this script)
+from report import print_figures  # noqa: E402 (bench/report.py: the table, then the figures as one json line)
 
 from bot.vm.docker_ops import remove_app  # noqa: E402 (after the sys.path line)
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeInteraction, FakeUser  # noqa: E402

@@ -33,7 +33,7 @@ import ollama
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from report import print_figures  # noqa: E402 (bench/report.py, beside this script)
+from report import print_figures  # noqa: E402 (bench/report.py: the table, then the figures as one json line)
 
 from bot.agent.events import Done
 from bot.agent.loop import Agent

@@ -24,7 +24,7 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from report import print_figures  # noqa: E402 (bench/report.py, beside this script)
+from report import print_figures  # noqa: E402 (bench/report.py: the table, then the figures as one json line)
 
 from bot.config import load_settings  # noqa: E402
 from bot.errors import BotError  # noqa: E402

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -94,3 +96,22 @@ class Link:
 
     def is_live(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
+
+
+def tool_calls_json(calls: Sequence[Any] | None) -> str | None:
+    """ollama ToolCalls or {"function": {"name", "arguments"}} mappings -> the stored JSON text."""
+    if not calls:
+        return None
+    plain = [c.model_dump() if isinstance(c, ollama.Message.ToolCall) else c for c in calls]
+    return json.dumps([{"function": {"name": c["function"]["name"],
+                                     "arguments": dict(c["function"]["arguments"])}} for c in plain])
+
+
+def message_from_row(row: Mapping[str, Any]) -> StoredMessage:
+    """A messages row (tool_calls as JSON text) -> a StoredMessage."""
+    calls = row["tool_calls"]
+    return StoredMessage(**{**row, "tool_calls": tuple(json.loads(calls)) if calls else None})
+
+
+def link_from_row(row: Mapping[str, Any]) -> Link:
+    return Link(**{**row, "revoked": bool(row["revoked"])})

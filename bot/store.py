@@ -20,7 +20,6 @@ Conventions a caller must know:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import time
@@ -46,6 +45,9 @@ from bot.records import (
     StoredMessage,
     Task,
     TaskStatus,
+    link_from_row,
+    message_from_row,
+    tool_calls_json,
 )
 
 log = logging.getLogger(__name__)
@@ -117,23 +119,6 @@ def _translated(what: str = "The bot's database failed") -> Iterator[None]:
     except sqlite3.Error as exc:
         log.warning("store: %s: %s", what, exc)
         raise StoreError(f"{what}: {exc}") from exc
-
-
-def _tool_calls_json(calls: Sequence[Any] | None) -> str | None:
-    if not calls:
-        return None
-    plain = [c.model_dump() if isinstance(c, ollama.Message.ToolCall) else c for c in calls]
-    return json.dumps([{"function": {"name": c["function"]["name"],
-                                     "arguments": dict(c["function"]["arguments"])}} for c in plain])
-
-
-def _message(row: Mapping[str, Any]) -> StoredMessage:
-    calls = row["tool_calls"]
-    return StoredMessage(**{**row, "tool_calls": tuple(json.loads(calls)) if calls else None})
-
-
-def _link(row: Mapping[str, Any]) -> Link:
-    return Link(**{**row, "revoked": bool(row["revoked"])})
 
 
 _INSERT_MESSAGE = ("INSERT INTO messages (conversation_id, role, content, thinking, tool_calls, tool_name,"
@@ -266,10 +251,10 @@ class Store:
         """Append one message as its own committed transaction. `tool_calls` takes
         ollama.Message.ToolCall objects or {"function": {"name", "arguments"}} mappings;
         content None is stored as ""."""
-        row = (conversation_id, role, content or "", thinking, _tool_calls_json(tool_calls), tool_name,
+        row = (conversation_id, role, content or "", thinking, tool_calls_json(tool_calls), tool_name,
                tokens, self._clock())
         cursor = await self._run(_INSERT_MESSAGE, row)
-        return _message({"id": cursor.lastrowid, **dict(zip(_MESSAGE_COLUMNS, row))})
+        return message_from_row({"id": cursor.lastrowid, **dict(zip(_MESSAGE_COLUMNS, row))})
 
     async def append_messages(self, conversation_id: int, messages: Sequence[MessageInput]
                               ) -> list[StoredMessage]:
@@ -277,18 +262,18 @@ class Store:
         "tokens") in one transaction: all of them land or none."""
         now = self._clock()
         rows = [(conversation_id, m["role"], m.get("content") or "", m.get("thinking"),
-                 _tool_calls_json(m.get("tool_calls")), m.get("tool_name"),
+                 tool_calls_json(m.get("tool_calls")), m.get("tool_name"),
                  m.get("tokens") if isinstance(m, Mapping) else None, now) for m in messages]
         stored = []
         async with self._transaction() as db:
             for row in rows:
                 cursor = await db.execute(_INSERT_MESSAGE, row)
-                stored.append(_message({"id": cursor.lastrowid, **dict(zip(_MESSAGE_COLUMNS, row))}))
+                stored.append(message_from_row({"id": cursor.lastrowid, **dict(zip(_MESSAGE_COLUMNS, row))}))
         return stored
 
     async def history(self, conversation_id: int, limit: int | None = None) -> list[StoredMessage]:
         """Messages oldest first; with `limit`, only the newest `limit` of them (still in order)."""
-        rows = await self._all(_message, "SELECT * FROM messages WHERE conversation_id = ?"
+        rows = await self._all(message_from_row, "SELECT * FROM messages WHERE conversation_id = ?"
                                " ORDER BY id DESC LIMIT ?", (conversation_id, -1 if limit is None else limit))
         return rows[::-1]
 
@@ -416,7 +401,7 @@ class Store:
 
     async def find_link(self, token_hash: str, now: float | None = None) -> Link | None:
         """The live link with this token hash; None if unknown, revoked or expired."""
-        return await self._one(_link, "SELECT * FROM links WHERE token_hash = ? AND revoked = 0 AND"
+        return await self._one(link_from_row, "SELECT * FROM links WHERE token_hash = ? AND revoked = 0 AND"
                                " expires_at > ?", (token_hash, self._clock() if now is None else now))
 
     async def revoke_link(self, link_id: int) -> bool:

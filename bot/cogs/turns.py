@@ -112,7 +112,8 @@ class TurnRunner:
 
     async def _stream(self, renderer: StreamRenderer, progress: _Progress, conversation: Conversation,
                       text: str) -> Done | Failed:
-        async for event in self.bot.agent.run_turn(conversation, text):
+        final: Done | Failed = Failed("The turn ended without an answer.")
+        async for event in self.bot.agent.run_turn(conversation, text):  # it ends after Done or Failed
             if isinstance(event, Started):
                 self.queued.pop(progress.task.id, None)
                 self.running[conversation.id] = progress.task.id
@@ -122,8 +123,8 @@ class TurnRunner:
                 progress.step = event.step
             await renderer.feed(event)
             if isinstance(event, (Done, Failed)):
-                return event
-        return Failed("The turn ended without an answer.")
+                final = event
+        return final
 
     async def cancel(self, task_id: int, user: discord.abc.User) -> str:
         """The Cancel button: only the task's owner or an admin."""

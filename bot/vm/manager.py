@@ -164,9 +164,13 @@ class VMManager:
     # -- the main entry points ---------------------------------------------------------------
 
     async def channel(self, key: VMKey) -> ExecChannel:
-        """A live channel into the VM: created, started or reattached as needed."""
+        """A live channel into the VM: created, started or reattached as needed. Counts as use
+        (the reaper's idle clock starts again)."""
         vm = self._record(key)
         vm.last_active = time.monotonic()
+        return await self._live_channel(vm)
+
+    async def _live_channel(self, vm: VMRecord) -> ExecChannel:
         if vm.channel is not None and not vm.channel.closed:
             return vm.channel
         async with vm.lock:
@@ -223,7 +227,7 @@ class VMManager:
             return VMStatus(key, vm.name, "missing")
         if state.status != "running":
             return VMStatus(key, vm.name, "stopped")
-        stats = await (await self.channel(key)).stats()
+        stats = await (await self._live_channel(vm)).stats()  # looking is not using: no idle reset
         cpu = await self._cpu_percent(vm, stats.cpu_usage_ns)
         return VMStatus(key, vm.name, "running", uptime_s=stats.uptime_s, memory_bytes=stats.memory_bytes,
                         memory_limit=stats.memory_limit or self.settings.vm_memory, cpu_percent=cpu)

@@ -27,7 +27,7 @@ from bot.agent.events import (
     ToolStart,
 )
 from bot.agent.loop import Agent
-from bot.agent.text import human_size
+from bot.agent.text import human_size, took
 from bot.store import Conversation, Store
 
 CONSOLE_USER_ID = 0
@@ -68,7 +68,7 @@ class ConsoleRenderer:
             case NotificationQueued(text=text):
                 self.line(f"🔔 queued: {text}")
             case Done(steps=steps, tokens=tokens, duration_s=duration):
-                self.line(f"✅ done · {steps} steps · {tokens:,} tokens · {duration:.1f} s")
+                self.line(f"✅ done · {steps} steps · {tokens:,} tokens · {took(duration)}")
             case Failed(message=message, cancelled=cancelled):
                 self.line("⏹ cancelled" if cancelled else f"❌ failed: {message}")
 

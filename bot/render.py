@@ -32,7 +32,7 @@ from bot.agent.events import (
     ToolOutput,
     ToolStart,
 )
-from bot.agent.text import human_size
+from bot.agent.text import human_size, took
 from bot.chunking import DISCORD_LIMIT, close_fences, split_markdown
 from bot.pacing import ChannelPacer
 
@@ -299,10 +299,8 @@ def zip_files(files: list[FileAttached]) -> bytes:
 
 def footer_for(event: Done | Failed, who_cancelled: str = "") -> tuple[str, str]:
     """The last line of a turn and the header's final state."""
-    minutes, seconds = divmod(int(event.duration_s), 60)
-    took = f"{minutes} min {seconds} s" if minutes else f"{event.duration_s:.1f} s"
     if isinstance(event, Done):
-        return f"✅ done · {event.steps} steps · {event.tokens:,} tokens · {took}", "done"
+        return f"✅ done · {event.steps} steps · {event.tokens:,} tokens · {took(event.duration_s)}", "done"
     if event.interrupted:
         return ("⚠ interrupted: the bot restarted. A command may still run in the VM: Cancel stops it.",
                 "interrupted")

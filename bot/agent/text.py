@@ -31,6 +31,12 @@ def clip(text: str, limit: int) -> str:
     return f"{text[:head]}\n[... {dropped:,} characters left out ...]\n{text[-tail:]}"
 
 
+def took(seconds: float) -> str:
+    """A turn's duration as the footer shows it: "7.4 s", "1 min 12 s"."""
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
+
+
 def human_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KB", "MB", "GB"):

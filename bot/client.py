@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -27,6 +28,7 @@ from bot.vm.manager import VMManager
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+DM_CALLER_TTL_S = 300.0
 COGS = ("bot.cogs.task", "bot.cogs.chat", "bot.cogs.status", "bot.cogs.download", "bot.cogs.admin")
 
 
@@ -47,6 +49,7 @@ class AgentBot(commands.Bot):
         self.notifier = NotificationWorker(store, DiscordDelivery(self))
         self._background: set[asyncio.Task[Any]] = set()
         self._notifier_task: asyncio.Task[Any] | None = None
+        self._dm_callers: dict[int, tuple[float, Caller]] = {}
 
     async def setup_hook(self) -> None:
         for cog in COGS:
@@ -89,6 +92,33 @@ class AgentBot(commands.Bot):
 
     def check_access(self, user: discord.abc.User, guild: discord.Guild | None) -> None:
         self.access.check(self.caller(user, guild))
+
+    async def check_dm_access(self, user: discord.abc.User) -> None:
+        """A DM carries no guild and no roles: look the user up in the servers the allow-list
+        names (or all of the bot's servers, for a role list), so role- and guild-allowed members
+        may DM the bot too. Found members are remembered for a few minutes."""
+        seen = self._dm_callers.get(user.id)
+        if seen is not None and time.monotonic() - seen[0] < DM_CALLER_TTL_S:
+            self.access.check(seen[1])
+            return
+        caller = Caller(user.id, None)
+        if not self.access.allowed(caller):
+            for guild in self._allow_list_guilds():
+                try:
+                    member = guild.get_member(user.id) or await guild.fetch_member(user.id)
+                except discord.HTTPException:
+                    continue  # not a member there (404), or Discord failed: try the next one
+                candidate = self.caller(member, guild)
+                if self.access.allowed(candidate):
+                    caller = candidate
+                    break
+        self._dm_callers[user.id] = (time.monotonic(), caller)
+        self.access.check(caller)
+
+    def _allow_list_guilds(self) -> list[discord.Guild]:
+        if self.access.guilds:
+            return [g for g in (self.get_guild(i) for i in self.access.guilds) if g is not None]
+        return list(self.guilds) if self.access.roles else []
 
     async def on_app_command_error(self, interaction: discord.Interaction[Any],
                                    error: app_commands.AppCommandError) -> None:

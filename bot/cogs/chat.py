@@ -67,7 +67,7 @@ class Chat(commands.Cog):
         await self._start(message, conversation.id, thread.guild.filesize_limit, thread.guild.id)
 
     async def _dm(self, message: discord.Message) -> None:
-        self.bot.check_access(message.author, None)
+        await self.bot.check_dm_access(message.author)
         key = self.bot.vms.key_for(message.author.id, message.channel.id)
         conversation = await self.bot.store.get_or_create_conversation(
             "dm", message.channel.id, message.author.id, key.scope, title="DM")

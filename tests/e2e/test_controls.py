@@ -159,3 +159,16 @@ async def test_notifications_dm_fallback_restart_and_throttle(make_bot: Any, doc
     delivered = "\n".join(m.content for m in sent)
     assert "spam 1" in delivered
     assert await rig.store.pending_count() + delivered.count("spam ") >= 40  # nothing is lost
+
+
+async def test_role_allowed_members_may_dm_the_bot(make_bot: Any, fake_discord: Any) -> None:
+    role = fake_discord.add_role("agents")
+    carol, dave = fake_discord.add_user("carol", roles=[role]), fake_discord.add_user("dave")
+    rig: BotRig = await make_bot(allowed_user_ids=[], allowed_role_ids=[role.id])
+    rig.ollama.script("Hello carol.")
+    await rig.fake.send_dm(carol, "hi")
+    await rig.finished(rig.fake.dm_channel(carol))
+    assert "Hello carol." in "\n".join(m.content for m in rig.fake.dm_messages(carol))
+    await rig.fake.send_dm(dave, "hi")
+    await rig.fake.wait_for(lambda: any("not allowed" in m.content for m in rig.fake.dm_messages(dave)), 10)
+    assert len(rig.ollama.chat_requests) == 1  # dave never reached the model

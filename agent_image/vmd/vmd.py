@@ -157,8 +157,21 @@ class Connection:
             job.close_stdin()  # nobody can write to it any more
         self.writer.close()
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def spawn(self, coro: Any, rid: int) -> None:
+        """Run a request's work; whatever it raises is answered as an error for that request, so
+        the bot never waits for an answer that will not come."""
+        async def answered() -> None:
+            try:
+                await coro
+            except vmd_jobs.RequestError as exc:
+                self.error(rid, exc.code, exc.message)
+            except (TypeError, ValueError, OverflowError) as exc:
+                self.error(rid, "bad_request", f"Malformed request: {exc}")
+            except Exception as exc:
+                log.exception("request %s failed", rid)
+                self.error(rid, "internal", f"The VM's helper failed: {exc}")
+
+        task = asyncio.get_running_loop().create_task(answered())
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -175,21 +188,21 @@ class Connection:
             elif op == "exec":
                 spec = vmd_jobs.ExecSpec.parse(req)
                 job = self.jobs[rid] = vmd_jobs.Job(rid, spec, self.emitter(rid), self.server.jobs)
-                self.spawn(self.exec(job))
+                self.spawn(self.exec(job), rid)
             elif op == "stdin":
                 self.job(req).write_stdin(payload, bool(req.get("eof")))
             elif op == "kill":
                 self.send({"id": rid, "ev": "result", "killed": self.job(req).kill("killed")})
             elif op in FILE_OPS:
-                self.spawn(self.file_op(rid, op, req, payload))
+                self.spawn(self.file_op(rid, op, req, payload), rid)
             elif op == "tunnel_open":
-                self.spawn(self.tunnel_open(rid, req))
+                self.spawn(self.tunnel_open(rid, req), rid)
             elif op == "tunnel_data":
                 self.tunnel(req).writer.write(payload)
             elif op == "tunnel_close":
                 self.tunnel(req).close()
             elif op == "stats":
-                self.spawn(self.stats(rid))
+                self.spawn(self.stats(rid), rid)
             elif op == "notify_ack":
                 self.server.notes.ack(list(req.get("nids") or []))
             else:

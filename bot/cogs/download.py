@@ -13,6 +13,7 @@ from discord.ext import commands
 
 from bot.agent.text import human_size
 from bot.errors import BotError, VMFileError
+from bot.vm.protocol import MAX_PAYLOAD
 
 if TYPE_CHECKING:
     from bot.client import AgentBot
@@ -31,8 +32,11 @@ class Download(commands.Cog):
     async def download(self, interaction: discord.Interaction[Any], path: app_commands.Range[str, 1, 1000]) -> None:
         self.bot.check_access(interaction.user, interaction.guild)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        limit = interaction.filesize_limit
-        channel = await self.bot.vms.channel(self.bot.vms.key_for(interaction.user.id))
+        limit = min(interaction.filesize_limit, MAX_PAYLOAD - (1 << 20))
+        key = await self.bot.vm_key_here(interaction.user, interaction.channel)
+        if key is None:
+            raise BotError("Each task has its own VM here: use /download inside your task's thread.")
+        channel = await self.bot.vms.channel(key)
         try:
             entry = await channel.stat(path)
             name = posixpath.basename(posixpath.normpath(path)) or "workspace"

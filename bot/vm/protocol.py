@@ -62,7 +62,9 @@ PROTOCOL_VERSION = 1
 FRAME_PREFIX = struct.Struct(">II")
 DOCKER_PREFIX = struct.Struct(">BxxxL")
 MAX_HEADER = 1 << 20
-MAX_PAYLOAD = 1 << 30
+# Code in the VM runs as the helper's user and could answer in its place: a frame may not make the
+# bot buffer more than this (the largest file or archive the bot asks for is smaller).
+MAX_PAYLOAD = 128 << 20
 
 
 class ProtocolError(ValueError):

@@ -251,6 +251,11 @@ async def test_bad_requests(ch: ExecChannel) -> None:
         await ch.run("true", cwd="/nope/nowhere")
     with pytest.raises(VMError, match="non-empty"):
         await ch.run("  ")
+    # Requests that blow up inside the helper are still answered (never a call that waits forever).
+    with pytest.raises(VMError, match="Malformed"):
+        await asyncio.wait_for(ch.run("echo a\x00b"), 5)
+    with pytest.raises(VMError):
+        await asyncio.wait_for(ch.open_tunnel(70000), 5)
 
 
 # ---- files -------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import discord
 
 from bot.agent.events import (
@@ -34,6 +35,7 @@ from bot.agent.events import (
 )
 from bot.agent.text import human_size, took
 from bot.chunking import DISCORD_LIMIT, close_fences, split_markdown
+from bot.errors import DeliveryFailed
 from bot.pacing import ChannelPacer
 
 log = logging.getLogger(__name__)
@@ -261,13 +263,16 @@ class StreamRenderer:
                     else:
                         slot.message = await slot.message.edit(content=content or None, embed=embed,
                                                                view=view, allowed_mentions=NO_MENTIONS)
-            except discord.HTTPException as exc:
-                log.warning("could not update a message in %s: %s", self.channel_id, exc)
+            except (discord.HTTPException, OSError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("could not update a message in %s: %r", self.channel_id, exc)  # the next change retries
             slot.sent, slot.last_sent, slot.urgent = wanted, time.monotonic(), False
 
     async def _wait_posted(self, slot: Slot | None) -> None:
-        while slot is not None and slot.message is None and self._flusher is not None and not self._flusher.done():
+        """Wait until the slot's first send was tried; DeliveryFailed if it could not be posted."""
+        while slot is not None and slot.sent is None and self._flusher is not None and not self._flusher.done():
             await asyncio.sleep(0.02)
+        if slot is not None and slot.message is None:
+            raise DeliveryFailed("I could not post in this thread: check that I may send messages there.")
 
     async def _send_files(self, footer: str) -> None:
         fitting = [f for f in self.files if len(f.data) <= self.upload_limit]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.agent.events import Done, Failed, Started, ToolStart
+from bot.errors import BotError
 from bot.records import Conversation, Task, TaskStatus
 from bot.render import StreamRenderer, footer_for
 
@@ -90,17 +91,20 @@ class TurnRunner:
         renderer = StreamRenderer(channel, channel_id, self.bot.pacer, upload_limit=upload_limit,
                                   header=lambda state: self.header(progress, state))
         self.queued[task.id] = asyncio.current_task()  # type: ignore[assignment]
-        await renderer.start()
-        if renderer.header is not None and renderer.header.message is not None:
-            await self.bot.store.set_task_message_ref(task.id, f"{channel_id}/{renderer.header.message.id}")
         final: Done | Failed
         try:
+            await renderer.start()
+            if renderer.header is not None and renderer.header.message is not None:
+                await self.bot.store.set_task_message_ref(task.id, f"{channel_id}/{renderer.header.message.id}")
             final = await self._stream(renderer, progress, conversation, text)
         except asyncio.CancelledError:  # cancelled while queued, before the agent started
             final = Failed("Cancelled.", cancelled=True)
+        except BotError as exc:  # e.g. the thread cannot be posted in
+            final = Failed(exc.message)
         finally:
             self.queued.pop(task.id, None)
-            self.running.pop(conversation.id, None)
+            if self.running.get(conversation.id) == task.id:
+                self.running.pop(conversation.id)
         footer, state = footer_for(final, self.cancelled_by.pop(task.id, ""))
         status: TaskStatus = "done"
         error = None
@@ -128,6 +132,12 @@ class TurnRunner:
 
     async def cancel(self, task_id: int, user: discord.abc.User) -> str:
         """The Cancel button: only the task's owner or an admin."""
+        try:
+            return await self._cancel(task_id, user)
+        except BotError as exc:
+            return exc.message
+
+    async def _cancel(self, task_id: int, user: discord.abc.User) -> str:
         task = await self.bot.store.get_task(task_id)
         if task is None:
             return f"There is no task #{task_id}."
@@ -142,6 +152,8 @@ class TurnRunner:
             self.cancelled_by[task_id] = user.mention
             waiting.cancel()
             return f"Task #{task_id} will not run."
+        if task.conversation_id is not None and self.bot.agent.is_running(task.conversation_id):
+            return f"Task #{task_id} is not running (it is {task.status}); a newer turn runs in this conversation."
         conversation = await self.bot.store.get_conversation(task.conversation_id or 0)
         killed = await self.bot.agent.kill_leftovers(conversation) if conversation else 0
         if task.status in ("running", "queued", "interrupted"):

@@ -32,6 +32,7 @@ from bot.agent.events import (
     ToolStart,
 )
 from bot.chunking import DISCORD_LIMIT
+from bot.errors import DeliveryFailed
 from bot.pacing import ChannelPacer
 from bot.render import StreamRenderer, footer_for
 from tests.unit.test_chunking import open_fence
@@ -350,3 +351,24 @@ def test_footer_for(event: Done | Failed, who: str, footer: str | None, state: s
         assert text == footer
     else:
         assert text.startswith("⚠ interrupted: the bot restarted") and "Cancel" in text
+
+
+class ForbiddenChannel(FakeChannel):
+    """A thread the bot may not post in."""
+
+    async def send(self, content: str | None = None, **kwargs: Any) -> FakeMessage:
+        raise discord.Forbidden(FakeResponse(403), {"code": 50001, "message": "Missing Access"})
+
+
+@dataclass
+class FakeResponse:
+    status: int
+    reason: str = "Forbidden"
+
+
+async def test_a_header_that_cannot_be_posted_fails_the_start_instead_of_hanging() -> None:
+    renderer = StreamRenderer(ForbiddenChannel(), CHANNEL_ID, ChannelPacer(RATE, PER_S),  # type: ignore[arg-type]
+                              upload_limit=UPLOAD_LIMIT, header=lambda state: (discord.Embed(title=state), None))
+    with pytest.raises(DeliveryFailed, match="could not post in this thread"):
+        await asyncio.wait_for(renderer.start(), 5)
+    await asyncio.wait_for(renderer.finish("❌ failed", "failed"), 5)  # and it still ends

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from contextlib import AsyncExitStack
 from functools import partial
@@ -74,6 +75,11 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
 
     if not settings.discord_token:
         raise ConfigError("DISCORD_TOKEN is not set: put the bot's token in .env (see .env.example).")
+    # SIGTERM (docker stop, systemd) ends the bot like Ctrl-C does: turns are interrupted with a
+    # footer that says so, the VMs keep running, everything opened here is closed.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     async with AsyncExitStack() as stack:
         agent = await open_core(stack, settings)
         bot = AgentBot(settings, agent.store, agent.vms, agent, agent.client)
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except BotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
     return 0
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import aiohttp
 import discord
 import ollama
 from discord import app_commands
@@ -21,13 +22,14 @@ from bot.config import Settings
 from bot.errors import BotError, DeliveryFailed, DMClosed
 from bot.notify import NotificationWorker
 from bot.pacing import ChannelPacer
-from bot.records import Conversation
+from bot.records import Conversation, ConversationKind
 from bot.store import Store
-from bot.vm.manager import VMManager
+from bot.vm.manager import VMKey, VMManager
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+NETWORK_ERRORS = (OSError, aiohttp.ClientError, TimeoutError)  # discord.py lets these through as they are
 DM_CALLER_TTL_S = 300.0
 COGS = ("bot.cogs.task", "bot.cogs.chat", "bot.cogs.status", "bot.cogs.download", "bot.cogs.admin")
 
@@ -68,11 +70,17 @@ class AgentBot(commands.Bot):
         self._notifier_task = self.spawn(self.notifier.run(), name="notifications")
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
-        """Run in the background, keeping a reference; cancelled when the bot closes."""
+        """Run in the background, keeping a reference; cancelled when the bot closes. A failure is
+        logged at once (not when the task happens to be collected)."""
         task = asyncio.create_task(coro, name=name)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     async def close(self) -> None:
         """Interrupt the turns (their footers say so, the VMs' jobs keep running), then stop."""
@@ -114,6 +122,17 @@ class AgentBot(commands.Bot):
                     break
         self._dm_callers[user.id] = (time.monotonic(), caller)
         self.access.check(caller)
+
+    async def vm_key_here(self, user: discord.abc.User, channel: Any) -> VMKey | None:
+        """The VM a command in this channel is about: the conversation's (its owner's own thread or
+        DM), else the user's VM; None with VM_SCOPE=thread outside the user's own conversation."""
+        kind: ConversationKind | None = "thread" if isinstance(channel, discord.Thread) else "dm" if isinstance(
+            channel, discord.DMChannel) else None
+        if kind is not None:
+            conversation = await self.store.find_conversation(kind, channel.id)
+            if conversation is not None and conversation.owner_id == user.id:
+                return self.agent.vm_key(conversation)
+        return self.vms.key_for(user.id) if self.settings.vm_scope == "user" else None
 
     def _allow_list_guilds(self) -> list[discord.Guild]:
         if self.access.guilds:
@@ -167,6 +186,8 @@ class DiscordDelivery:
             raise DeliveryFailed(f"Discord refused the DM: {exc.text}") from exc
         except discord.HTTPException as exc:
             raise DeliveryFailed(f"Discord failed: {exc.status} {exc.text}") from exc
+        except NETWORK_ERRORS as exc:
+            raise DeliveryFailed(f"Discord could not be reached: {exc!r}") from exc
 
     async def post_in_conversation(self, conversation: Conversation, text: str, nonce: str) -> bool:
         if conversation.kind != "thread":
@@ -183,4 +204,6 @@ class DiscordDelivery:
             return False
         except discord.HTTPException as exc:
             raise DeliveryFailed(f"Discord failed: {exc.status} {exc.text}") from exc
+        except NETWORK_ERRORS as exc:
+            raise DeliveryFailed(f"Discord could not be reached: {exc!r}") from exc
         return True

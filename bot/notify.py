@@ -37,7 +37,8 @@ async def queue_vm_notification(store: Store, key: VMKey, notification: Notifica
     if conversation is None:
         conversation = await store.last_active_conversation(key.owner_id)
     await store.enqueue_notification(key.owner_id, conversation.id if conversation else None,
-                                     notification.text[:MAX_NOTIFICATION_CHARS], "vm")
+                                     notification.text[:MAX_NOTIFICATION_CHARS], "vm",
+                                     source_key=f"{key.scope}:{notification.nid}:{notification.ts}")
 
 
 class Delivery(Protocol):
@@ -75,6 +76,8 @@ class NotificationWorker:
                 await self.deliver_due()
             except BotError as exc:
                 log.warning("notification pass failed: %s", exc)
+            except Exception:  # the worker must outlive any one failure: nothing else delivers
+                log.exception("notification pass failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             self._wake.clear()

@@ -80,6 +80,7 @@ class OutboxItem:
     delivered_at: float | None
     delivered_via: DeliveredVia | None
     last_error: str | None
+    source_key: str | None = None  # a VM notification's identity, so a resent one is stored once
 
 
 @dataclass(frozen=True, slots=True)

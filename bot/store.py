@@ -104,6 +104,10 @@ _MIGRATIONS: list[tuple[str, ...]] = [
             revoked INTEGER NOT NULL DEFAULT 0)""",
         "CREATE INDEX links_owner ON links (owner_id, kind)",
     ),
+    (  # 2: a VM's notification is stored once even when the VM sends it again (a lost ack)
+        "ALTER TABLE outbox ADD COLUMN source_key TEXT",
+        "CREATE UNIQUE INDEX outbox_source ON outbox (source_key) WHERE source_key IS NOT NULL",
+    ),
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -351,14 +355,18 @@ class Store:
     # -- outbox --------------------------------------------------------------------------------
 
     async def enqueue_notification(self, owner_id: int, conversation_id: int | None, text: str,
-                                   origin: Origin) -> OutboxItem:
-        """Store a notification, due at once."""
+                                   origin: Origin, source_key: str | None = None) -> OutboxItem | None:
+        """Store a notification, due at once. With a source_key already stored (the same VM
+        notification sent again), nothing is stored and None is returned."""
         now = self._clock()
         cursor = await self._run(
-            "INSERT INTO outbox (owner_id, conversation_id, text, origin, created_at, next_attempt_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)", (owner_id, conversation_id, text, origin, now, now))
+            "INSERT INTO outbox (owner_id, conversation_id, text, origin, created_at, next_attempt_at, source_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (owner_id, conversation_id, text, origin, now, now, source_key))
+        if not cursor.rowcount:
+            return None
         return OutboxItem(cursor.lastrowid or 0, owner_id, conversation_id, text, origin, now, 0, now,
-                          None, None, None)
+                          None, None, None, source_key)
 
     async def due_notifications(self, now: float | None = None, limit: int = 50) -> list[OutboxItem]:
         """Undelivered items whose next attempt is due (next_attempt_at <= now), oldest first."""

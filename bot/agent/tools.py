@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import logging
 import posixpath
 import time
@@ -146,7 +147,8 @@ async def exec_tool(ctx: ToolContext, command: str, timeout: int | None = None) 
         result = await job.wait()
     except asyncio.CancelledError:
         if not ctx.shutting_down():  # a user's cancel kills the whole job; a bot restart does not
-            await asyncio.shield(job.kill())
+            with contextlib.suppress(BotError):  # a lost channel must not turn the cancel into a failure
+                await asyncio.shield(job.kill())
         raise
     summary = {"timeout": f"timeout after {limit:g} s", "killed": "killed",
                "oom": "killed: out of memory"}.get(result.reason, f"exit {result.code}")

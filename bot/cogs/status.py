@@ -34,9 +34,12 @@ def duration(seconds: float) -> str:
 
 
 def vm_line(status: VMStatus) -> str:
+    if status.state == "stopped":
+        return "stopped (starts again when you use it)"
+    if status.state == "missing":
+        return "not created yet (it is made at your first task)"
     if status.state != "running":
-        return f"{status.state} (starts again when you use it)" if status.state == "stopped" else \
-            "not created yet (it is made at your first task)"
+        return f"{status.state} (its helper did not answer)"
     return (f"running · up {duration(status.uptime_s)} · {human_size(status.memory_bytes)} / "
             f"{human_size(status.memory_limit)} · CPU {status.cpu_percent:.0f} %")
 
@@ -76,9 +79,14 @@ class Status(commands.Cog):
         self.bot.check_access(interaction.user, interaction.guild)
         await interaction.response.defer(ephemeral=True, thinking=True)
         admin = self.bot.access.is_admin(interaction.user.id)
-        key = self.bot.vms.key_for(interaction.user.id)
+        key = await self.bot.vm_key_here(interaction.user, interaction.channel)
         try:
-            vm = vm_line(await self.bot.vms.status(key))
+            if key is not None:
+                vm = vm_line(await self.bot.vms.status(key))
+            else:  # one VM per thread, and not asked from one: all of the user's
+                mine = [s for s in await self.bot.vms.statuses() if s.key.owner_id == interaction.user.id]
+                vm = " | ".join(f"{s.key.scope}: {vm_line(s)}" for s in mine) or vm_line(VMStatus(
+                    self.bot.vms.key_for(interaction.user.id), "", "missing"))
         except BotError as exc:
             vm = f"unknown ({exc.message})"
         tasks = await self.bot.store.list_tasks(interaction.user.id, limit=8)

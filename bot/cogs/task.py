@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.turns import CancelButton, TurnRunner
-from bot.cogs.uploads import upload_to_vm
+from bot.cogs.uploads import check_uploads, upload_to_vm
 from bot.errors import BotError
 
 if TYPE_CHECKING:
@@ -38,16 +38,15 @@ class Task(commands.Cog):
         channel = interaction.channel
         if not isinstance(channel, discord.TextChannel):
             raise BotError("Use /task in a text channel. Inside a task thread, just write your message.")
+        check_uploads([file] if file else [])  # before anything is created
         await interaction.response.defer()
         thread = await self._open_thread(channel, prompt, interaction.user)
         key = self.bot.vms.key_for(interaction.user.id, thread.id)
         conversation = await self.bot.store.get_or_create_conversation(
             "thread", thread.id, interaction.user.id, key.scope, title=thread.name)
+        text = prompt + (await upload_to_vm(self.bot, key, [file]) if file is not None else "")
         task = await self.bot.store.create_task(interaction.user.id, conversation.id, prompt,
                                                 guild_id=interaction.guild_id)
-        text = prompt
-        if file is not None:
-            text += await upload_to_vm(self.bot, key, [file])
         self.bot.spawn(self.runner.run(thread, thread.id, conversation, text, task, interaction.filesize_limit),
                        name=f"task-{task.id}")
         async with self.bot.pacer.slot(channel.id):  # followups count against the channel's budget

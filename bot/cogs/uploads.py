@@ -23,13 +23,18 @@ def safe_name(filename: str) -> str:
     return name or "upload"
 
 
-async def upload_to_vm(bot: AgentBot, key: VMKey, attachments: Sequence[discord.Attachment]) -> str:
-    """Copy the attachments into the VM; returns a note for the model saying where they are."""
-    notes = []
+def check_uploads(attachments: Sequence[discord.Attachment]) -> None:
     for attachment in attachments:
         if attachment.size > MAX_UPLOAD_BYTES:
             raise BotError(f"{attachment.filename} is {human_size(attachment.size)}; files for the VM may be at "
                            f"most {human_size(MAX_UPLOAD_BYTES)}.")
+
+
+async def upload_to_vm(bot: AgentBot, key: VMKey, attachments: Sequence[discord.Attachment]) -> str:
+    """Copy the attachments into the VM; returns a note for the model saying where they are."""
+    check_uploads(attachments)
+    notes = []
+    for attachment in attachments:
         try:
             data = await attachment.read()
         except discord.HTTPException as exc:

@@ -21,9 +21,12 @@ from bot.config import Settings
 from bot.errors import VMError
 from bot.vm import docker_ops
 from bot.vm.channel import ExecChannel, Notification
+from bot.vm.protocol import VMStats
 from bot.vm.docker_ops import LABEL_APP, LABEL_OWNER, LABEL_SCOPE, ContainerSpec, ContainerState
 
 log = logging.getLogger(__name__)
+
+STATS_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -192,13 +195,18 @@ class VMManager:
             vm.busy -= 1
             vm.last_active = time.monotonic()
 
-    async def stop(self, key: VMKey) -> None:
+    async def stop(self, key: VMKey, *, only_if_idle: bool = False) -> bool:
+        """Stop the VM (the workspace stays). With only_if_idle, a VM a turn started using meanwhile
+        is left running. Returns whether it was stopped."""
         vm = self._record(key)
         async with vm.lock:
+            if only_if_idle and vm.busy:
+                return False
             await self._close_channel(vm)
             if vm.container_id:
                 await asyncio.to_thread(docker_ops.stop, self.client, vm.container_id)
             log.info("stopped VM %s", vm.name)
+            return True
 
     async def reset(self, key: VMKey) -> None:
         """Recreate the container (a fork bomb, a broken system): /workspace is kept."""
@@ -227,15 +235,26 @@ class VMManager:
             return VMStatus(key, vm.name, "missing")
         if state.status != "running":
             return VMStatus(key, vm.name, "stopped")
-        stats = await (await self._live_channel(vm)).stats()  # looking is not using: no idle reset
+        stats = await self.stats(vm)
         cpu = await self._cpu_percent(vm, stats.cpu_usage_ns)
         return VMStatus(key, vm.name, "running", uptime_s=stats.uptime_s, memory_bytes=stats.memory_bytes,
                         memory_limit=stats.memory_limit or self.settings.vm_memory, cpu_percent=cpu)
 
+    async def stats(self, vm: VMRecord) -> VMStats:
+        """The helper's readings of a running VM, within STATS_TIMEOUT_S. Looking is not using:
+        the reaper's idle clock is left alone."""
+        try:
+            return await asyncio.wait_for((await self._live_channel(vm)).stats(), STATS_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise VMError(f"The VM {vm.name} did not answer within {STATS_TIMEOUT_S:g} s.") from exc
+
     async def statuses(self) -> list[VMStatus]:
-        """Every VM of this app (for admins)."""
+        """Every VM of this app (for admins); one that cannot be read shows as unknown."""
         await self.adopt_records()
-        return list(await asyncio.gather(*(self.status(key) for key in list(self._vms))))
+        keys = list(self._vms)
+        results = await asyncio.gather(*(self.status(key) for key in keys), return_exceptions=True)
+        return [r if isinstance(r, VMStatus) else VMStatus(k, self.container_name(k), "unknown")
+                for k, r in zip(keys, results)]
 
     async def adopt_records(self) -> None:
         """Learn about VMs created by other managers, without attaching to them."""
@@ -256,8 +275,7 @@ class VMManager:
         if vm.cpu_sample is None or now - vm.cpu_sample[0] > 600:
             vm.cpu_sample = (now, usage_ns)
             await asyncio.sleep(0.25)
-            assert vm.channel is not None
-            usage_ns, now = (await vm.channel.stats()).cpu_usage_ns, time.monotonic()
+            usage_ns, now = (await self.stats(vm)).cpu_usage_ns, time.monotonic()
         then, before = vm.cpu_sample
         vm.cpu_sample = (now, usage_ns)
         return max(0.0, (usage_ns - before) / 1e9 / max(now - then, 1e-3) * 100)

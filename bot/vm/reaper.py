@@ -33,7 +33,7 @@ async def reap_once(manager: VMManager, now: float | None = None) -> list[VMKey]
             vm.last_active = now
             continue
         try:
-            stats = await channel.stats()
+            stats = await manager.stats(vm)
         except BotError as exc:
             log.debug("reaper: no stats from %s: %s", vm.name, exc)
             continue
@@ -42,8 +42,8 @@ async def reap_once(manager: VMManager, now: float | None = None) -> list[VMKey]
             continue
         if now - vm.last_active >= timeout:
             log.info("stopping idle VM %s (idle for %.0f s)", vm.name, now - vm.last_active)
-            await manager.stop(vm.key)
-            stopped.append(vm.key)
+            if await manager.stop(vm.key, only_if_idle=True):
+                stopped.append(vm.key)
     return stopped
 
 

@@ -172,3 +172,38 @@ async def test_role_allowed_members_may_dm_the_bot(make_bot: Any, fake_discord: 
     await rig.fake.send_dm(dave, "hi")
     await rig.fake.wait_for(lambda: any("not allowed" in m.content for m in rig.fake.dm_messages(dave)), 10)
     assert len(rig.ollama.chat_requests) == 1  # dave never reached the model
+
+
+async def test_cancelling_a_queued_turn_leaves_the_running_one_cancellable(make_bot: Any) -> None:
+    rig: BotRig = await make_bot()
+    rig.ollama.script(Reply.tool_call("exec", {"command": "sleep 300 & setsid sleep 301; wait"}), "never used")
+    thread = await rig.task("sleep a while")
+    await wait_for_card(rig, thread)
+    await rig.fake.post_message(rig.alice, thread, "and then this")  # queued behind the running turn
+    queued = await rig.fake.wait_for(lambda: [m for m in rig.thread_messages(thread)
+                                              if m.embeds and m.embeds[0]["title"] == "Task #2"], 10)
+    click = await rig.fake.click_button(rig.alice, queued[0], queued[0].buttons()[0]["custom_id"])
+    assert "will not run" in await answered(rig, click)
+    header = rig.thread_messages(thread)[0]
+    click = await rig.fake.click_button(rig.alice, header, header.buttons()[0]["custom_id"])
+    assert "Cancelling task #1" in await answered(rig, click)
+    await rig.finished(thread, count=2)
+    assert [(await rig.store.get_task(n)).status for n in (1, 2)] == ["cancelled", "cancelled"]  # type: ignore
+    assert await sleeps_in_vm(rig) == 0
+    assert rig.ollama.remaining == 1  # the queued turn never asked the model
+
+
+async def test_with_one_vm_per_thread_commands_use_the_threads_vm(make_bot: Any) -> None:
+    rig: BotRig = await make_bot(vm_scope="thread")
+    rig.ollama.script(Reply.tool_call("write_file", {"path": "only-here.txt", "content": "thread vm"}), "Written.")
+    thread = await rig.task("write a file")
+    await rig.finished(thread)
+    outside = await rig.fake.run_command("download", rig.alice, rig.general, {"path": "only-here.txt"})
+    assert "inside your task's thread" in await answered(rig, outside)
+    inside = await rig.fake.run_command("download", rig.alice, thread, {"path": "only-here.txt"})
+    await answered(rig, inside)
+    assert [m for m in inside.responses if m.attachments][-1].attachments[0].data == b"thread vm"
+    status = await answered(rig, await rig.fake.run_command("status", rig.alice, rig.general))
+    assert f"thread-{thread.id}: running" in status
+    stranger = await rig.fake.run_command("download", rig.bob, thread, {"path": "only-here.txt"})
+    assert "inside your task's thread" in await answered(rig, stranger)  # bob never reaches alice's VM

@@ -243,9 +243,11 @@ async def test_vm_notification_goes_to_the_conversation_it_names_if_it_is_the_ow
     bobs = await rig.thread(BOB, 3)  # newer still, but bob's
     key = VMKey.for_user(ALICE)
 
+    nids = iter(range(1, 100))  # a VM numbers its notifications
+
     async def queue(conversation: str | None, text: str = "note") -> OutboxItem:
         before = set(rig.rows())
-        await queue_vm_notification(rig.store, key, Notification(1, text, conversation, T0))
+        await queue_vm_notification(rig.store, key, Notification(next(nids), text, conversation, T0))
         (new,) = set(rig.rows()) - before
         return rig.rows()[new]
 
@@ -268,3 +270,11 @@ async def test_vm_notification_of_a_user_without_conversations_still_queues(rig:
     (item,) = rig.rows().values()
     assert (item.owner_id, item.conversation_id, item.text) == (BOB, None, "built")
     assert await rig.worker.deliver_due() == 1 and rig.delivery.dms[0].text == "built"
+
+
+async def test_a_vm_notification_received_twice_is_queued_once(rig: Rig) -> None:
+    await rig.thread(ALICE, 1)
+    note = Notification(7, "tests passed", None, T0)
+    for _ in range(2):  # the ack was lost: the VM sends it again on the next connection
+        await queue_vm_notification(rig.store, VMKey.for_user(ALICE), note)
+    assert [item.text for item in rig.rows().values()] == ["tests passed"]

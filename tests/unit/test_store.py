@@ -392,3 +392,12 @@ async def test_links_find_revoke_and_expire(store: Store, clock: Clock) -> None:
     assert await store.find_link("h-other") is None
     assert await store.delete_expired_links() == 3
     assert await store.delete_expired_links() == 0
+
+
+async def test_a_vm_notification_sent_again_is_stored_once(store: Store) -> None:
+    first = await store.enqueue_notification(7, None, "built", "vm", source_key="user-7:3:1700000000.5")
+    again = await store.enqueue_notification(7, None, "built", "vm", source_key="user-7:3:1700000000.5")
+    other = await store.enqueue_notification(7, None, "built", "vm", source_key="user-7:3:1700000999.0")
+    assert first is not None and again is None and other is not None
+    assert [item.source_key for item in await store.due_notifications(now=2e9)] == [
+        "user-7:3:1700000000.5", "user-7:3:1700000999.0"]

@@ -3,7 +3,7 @@
     python bench/stream.py [--tasks 50] [--chunks 40] [--pace 0.1]
 
 The doubles run in this process (the Ollama double, the Discord double); the bot runs as production
-runs it in a CHILD process (bench/stream_bot.py), so its resident memory is its own. /task is run
+runs it in a CHILD process (tests/e2e/bot_process.py: `python -m bot run` pointed at the double), so its resident memory is its own. /task is run
 `--tasks` times at once, by as many users; each model reply streams `--chunks` pieces of text,
 `--pace` s apart, the first one carrying a marker. Text-only replies start no VM (no tool is called):
 what is measured is the stream.
@@ -154,7 +154,7 @@ async def start_bot(fake: FakeDiscord, ollama_url: str, users: list[FakeUser], a
     stderr = stderr_path.open("wb")
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(ROOT / "bench" / "stream_bot.py"), cwd=tmp, env=env,
+            sys.executable, str(ROOT / "tests" / "e2e" / "bot_process.py"), cwd=tmp, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=stderr)
     finally:
         stderr.close()  # the child has its own copy
@@ -173,7 +173,7 @@ async def start_bot(fake: FakeDiscord, ollama_url: str, users: list[FakeUser], a
 async def stop_bot(child: Child) -> None:
     process = child.process
     if process.returncode is None:
-        process.terminate()  # the launcher closes the bot on SIGTERM
+        process.terminate()  # SIGTERM: the bot closes cleanly
         try:
             await asyncio.wait_for(process.wait(), 20)
         except TimeoutError:

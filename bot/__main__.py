@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     except BotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except KeyboardInterrupt:
         return 130
+    except asyncio.CancelledError:  # SIGTERM: a requested stop, done cleanly
+        return 0
     return 0
 
 

@@ -3,10 +3,10 @@
     python bench/stream.py [--tasks 50] [--chunks 40] [--pace 0.1]
 
 The doubles run in this process (the Ollama double, the Discord double); the bot runs as production
-runs it in a CHILD process (tests/e2e/bot_process.py: `python -m bot run` pointed at the double), so its resident memory is its own. /task is run
-`--tasks` times at once, by as many users; each model reply streams `--chunks` pieces of text,
-`--pace` s apart, the first one carrying a marker. Text-only replies start no VM (no tool is called):
-what is measured is the stream.
+runs it in a CHILD process (tests/e2e/bot_process.py: `python -m bot run` pointed at the double), so
+its resident memory is its own. /task is run `--tasks` times at once, by as many users; each model
+reply streams `--chunks` pieces of text, `--pace` s apart, the first one carrying a marker.
+Text-only replies start no VM (no tool is called): what is measured is the stream.
 
 - first_visible_s: the double's write of the first text chunk (wall clock, recorded by a timing line
   writer patched into the Ollama double) -> the first version of a Discord message holding that

@@ -84,8 +84,8 @@ class Chat(commands.Cog):
             return
         await self.bot.store.touch_conversation(conversation.id)
         task = await self.bot.store.create_task(message.author.id, conversation.id, text, guild_id=guild_id)
-        self.bot.spawn(self.runner.run(message.channel, message.channel.id, conversation, text, task, upload_limit),
-                       name=f"turn-{task.id}")
+        self.bot.spawn(self.runner.run(message.channel, message.channel.id, conversation, text, task, upload_limit,
+                                       message.author), name=f"turn-{task.id}")
 
 
 async def setup(bot: AgentBot) -> None:

@@ -47,8 +47,8 @@ class Task(commands.Cog):
         text = prompt + (await upload_to_vm(self.bot, key, [file]) if file is not None else "")
         task = await self.bot.store.create_task(interaction.user.id, conversation.id, prompt,
                                                 guild_id=interaction.guild_id)
-        self.bot.spawn(self.runner.run(thread, thread.id, conversation, text, task, interaction.filesize_limit),
-                       name=f"task-{task.id}")
+        self.bot.spawn(self.runner.run(thread, thread.id, conversation, text, task, interaction.filesize_limit,
+                                       interaction.user), name=f"task-{task.id}")
         async with self.bot.pacer.slot(channel.id):  # followups count against the channel's budget
             await interaction.followup.send(f"🧵 **Task #{task.id}** started by {interaction.user.mention} → "
                                             f"{thread.mention}")

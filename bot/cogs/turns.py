@@ -67,6 +67,11 @@ class TurnRunner:
         self.running: dict[int, int] = {}  # conversation id -> task id of the turn running now
         self.cancelled_by: dict[int, str] = {}
 
+    def vm_label(self, conversation: Conversation, owner: discord.abc.User) -> str:
+        """Whose computer this is, as a person would say it: "alice" or "of this thread"."""
+        return "of this thread" if self.bot.agent.vm_key(conversation).scope.startswith("thread-") \
+            else owner.display_name
+
     def header(self, progress: _Progress, state: str) -> tuple[discord.Embed, discord.ui.View | None]:
         elapsed = int(time.monotonic() - progress.started)
         parts = [f"model {progress.model}", f"VM {progress.vm}"]
@@ -83,10 +88,9 @@ class TurnRunner:
         return embed, view
 
     async def run(self, channel: discord.abc.Messageable, channel_id: int, conversation: Conversation,
-                  text: str, task: Task, upload_limit: int) -> None:
+                  text: str, task: Task, upload_limit: int, owner: discord.abc.User) -> None:
         """Render one turn into the channel and keep the task record in step."""
-        progress = _Progress(task, self.bot.agent.model.model,
-                             self.bot.vms.container_name(self.bot.agent.vm_key(conversation)),
+        progress = _Progress(task, self.bot.agent.model.model, self.vm_label(conversation, owner),
                              self.bot.settings.max_steps)
         renderer = StreamRenderer(channel, channel_id, self.bot.pacer, upload_limit=upload_limit,
                                   header=lambda state: self.header(progress, state))

@@ -27,6 +27,7 @@ async def test_task_streams_into_a_thread_with_a_file_and_a_follow_up(make_bot: 
     assert "Task #1" in command.content and thread.mention in command.content
     header = messages[0]
     assert header.embeds[0]["title"] == "Task #1" and header.embeds[0]["color"] == 0x2ECC71  # green
+    assert "model qwen3:4b · VM alice · step 2/20" in header.embeds[0]["description"]
     assert not header.buttons()  # Cancel is gone once done
     reply = next(m for m in messages if m.content.startswith("Here"))
     assert len(reply.versions) >= 3, "the reply should be seen growing through edits"

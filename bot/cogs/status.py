@@ -44,12 +44,12 @@ def vm_line(status: VMStatus) -> str:
             f"{human_size(status.memory_limit)} · CPU {status.cpu_percent:.0f} %")
 
 
-def task_line(task: Task, with_owner: bool = False) -> str:
+def task_line(task: Task, max_steps: int, with_owner: bool = False) -> str:
     state: str = task.status
     if task.status == "failed" and task.error:
         state += f" ({task.error[:60]})"
     elif task.status == "running" and task.steps:
-        state += f" (step {task.steps})"
+        state += f" (step {task.steps}/{max_steps})"
     return f"#{task.id}{f' <@{task.owner_id}>' if with_owner else ''} {state}"
 
 
@@ -91,7 +91,8 @@ class Status(commands.Cog):
             vm = f"unknown ({exc.message})"
         tasks = await self.bot.store.list_tasks(interaction.user.id, limit=8)
         lines = [f"**Your VM:** {vm}", f"**Model:** {await self.model_line()}",
-                 "**Tasks:** " + (" · ".join(task_line(t) for t in tasks) or "none yet")]
+                 "**Tasks:** " + (" · ".join(task_line(t, self.bot.settings.max_steps) for t in tasks)
+                                  or "none yet")]
         if admin:
             lines += await self.admin_lines()
         await interaction.followup.send("\n".join(lines)[:2000], ephemeral=True)
@@ -104,7 +105,8 @@ class Status(commands.Cog):
             return lines + [f"unavailable: {exc.message}"]
         lines += [f"<@{s.key.owner_id}> {s.name}: {vm_line(s)}" for s in statuses] or ["none"]
         everyone = await self.bot.store.list_tasks(None, limit=10)
-        lines.append("**All tasks:** " + (" · ".join(task_line(t, with_owner=True) for t in everyone) or "none"))
+        lines.append("**All tasks:** " + (" · ".join(task_line(t, self.bot.settings.max_steps, with_owner=True)
+                                                     for t in everyone) or "none"))
         return lines
 
 

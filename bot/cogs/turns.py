@@ -127,8 +127,9 @@ class TurnRunner:
                 self.running[conversation.id] = progress.task.id
                 progress.started = time.monotonic()
                 await self.bot.store.set_task_status(progress.task.id, "running")
-            elif isinstance(event, ToolStart):
+            elif isinstance(event, ToolStart) and event.step != progress.step:
                 progress.step = event.step
+                await self.bot.store.set_task_status(progress.task.id, "running", steps=event.step)  # for /status
             await renderer.feed(event)
             if isinstance(event, (Done, Failed)):
                 final = event

@@ -78,6 +78,8 @@ async def test_cancel_kills_the_job_and_only_the_owner_may(make_bot: Any) -> Non
     rig.ollama.script(Reply.tool_call("exec", {"command": "sleep 300 & setsid sleep 301; wait"}))
     thread = await rig.task("sleep a while")
     await wait_for_card(rig, thread)
+    status = await answered(rig, await rig.fake.run_command("status", rig.alice, rig.general))
+    assert "#1 running (step 1/20)" in status
     header = rig.thread_messages(thread)[0]
     custom_id = header.buttons()[0]["custom_id"]
     stranger = await rig.fake.click_button(rig.bob, header, custom_id)

@@ -101,8 +101,9 @@ class TurnRunner:
             if renderer.header is not None and renderer.header.message is not None:
                 await self.bot.store.set_task_message_ref(task.id, f"{channel_id}/{renderer.header.message.id}")
             final = await self._stream(renderer, progress, conversation, text)
-        except asyncio.CancelledError:  # cancelled while queued, before the agent started
-            final = Failed("Cancelled.", cancelled=True)
+        except asyncio.CancelledError:  # cancelled while queued, or the bot is closing
+            final = Failed("Interrupted: the bot restarted.", interrupted=True) if self.bot.agent.shutting_down \
+                else Failed("Cancelled.", cancelled=True)
         except BotError as exc:  # e.g. the thread cannot be posted in
             final = Failed(exc.message)
         finally:

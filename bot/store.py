@@ -9,12 +9,8 @@ Schema versions live in `PRAGMA user_version`; `_MIGRATIONS` is an ordered list 
 moves the schema from version N to N+1. Pending migrations are applied in one transaction at open,
 so reopening a database is a no-op.
 
-Conventions a caller must know:
-- Times are UTC epoch seconds as `float` (`time.time()`), in the database and in every record.
-- `set_memory` refuses text over `MEMORY_MAX_CHARS` with a `StoreError` naming the limit (no
-  silent truncation: the model that called `remember` can shorten it and retry).
-- `find_link` returns only live links (not revoked, not expired); the caller hashes the token.
-- Every sqlite failure crossing the API becomes `bot.errors.StoreError`.
+Times are UTC epoch seconds (float) throughout; every sqlite failure crossing the API becomes
+`bot.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -32,23 +28,9 @@ import aiosqlite
 import ollama
 
 from bot.errors import StoreError
-from bot.records import (
-    TERMINAL_STATUSES,
-    Conversation,
-    ConversationKind,
-    DeliveredVia,
-    Link,
-    LinkKind,
-    Origin,
-    OutboxItem,
-    Role,
-    StoredMessage,
-    Task,
-    TaskStatus,
-    link_from_row,
-    message_from_row,
-    tool_calls_json,
-)
+from bot.records import (TERMINAL_STATUSES, Conversation, ConversationKind, DeliveredVia, Link, LinkKind, Origin,
+                         OutboxItem, Role, StoredMessage, Task, TaskStatus, link_from_row, message_from_row,
+                         tool_calls_json)
 
 log = logging.getLogger(__name__)
 

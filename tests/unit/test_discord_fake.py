@@ -264,7 +264,8 @@ async def test_second_callback_is_already_acknowledged(fake: FakeDiscord, bot: c
     inter = await fake.run_command("ping", alice, fake.channel("general"))
     await fake.wait_for(lambda: inter.acknowledged)
     url = f"{fake.url}/api/v10/interactions/{inter.id}/{inter.token}/callback"
-    async with aiohttp.ClientSession() as session, session.post(url, json={"type": 4, "data": {"content": "x"}}) as resp:
+    body = {"type": 4, "data": {"content": "x"}}
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
         assert resp.status == 400 and resp.headers["Content-Type"] == "application/json"
         assert (await resp.json())["code"] == 40060
     assert [m.content for m in inter.responses] == ["pong"]
@@ -323,7 +324,8 @@ async def test_send_with_files_embed_and_mentions_disabled(fake: FakeDiscord, al
         embed = discord.Embed(title="Task #1", description="running")
         files = [discord.File(io.BytesIO(b"print(1)\n"), "app.py"), discord.File(io.BytesIO(b"x" * 10), "b.bin")]
         await text_channel(quiet, fake).send(f"hi {alice.mention}", embed=embed, files=files)
-        await text_channel(quiet, fake).send(f"ping {alice.mention}", allowed_mentions=discord.AllowedMentions(users=True))
+        await text_channel(quiet, fake).send(f"ping {alice.mention}",
+                                             allowed_mentions=discord.AllowedMentions(users=True))
     first, second = fake.messages(fake.channel("general"))
     assert [(a.filename, a.data) for a in first.attachments] == [("app.py", b"print(1)\n"), ("b.bin", b"x" * 10)]
     assert first.embeds[0]["title"] == "Task #1" and first.author_id == fake.bot_user.id

@@ -374,7 +374,7 @@ async def test_links_find_revoke_and_expire(store: Store, clock: Clock) -> None:
     dl = await store.create_link("h-dl", 7, "download", "user-7", "/workspace/out.zip", 1100.0)
     other = await store.create_link("h-other", 8, "vnc", "user-8", "", 1600.0)
     assert await store.find_link("h-vnc") == vnc and vnc.is_live(clock.now)
-    assert (await store.find_link("h-dl")).target == "/workspace/out.zip"  # type: ignore[union-attr]
+    assert await store.find_link("h-dl") == dl and dl.target == "/workspace/out.zip"
     assert await store.find_link("unknown") is None
     assert await store.find_link("h-dl", now=1100.0) is None  # expired exactly at expires_at
     with pytest.raises(StoreError):  # token hashes are unique

@@ -158,7 +158,8 @@ def _thread_body(body: JSON) -> tuple[str, int]:
         raise invalid_form("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
     archive = int(body.get("auto_archive_duration") or 1440)
     if archive not in (60, 1440, 4320, 10080):
-        raise invalid_form("auto_archive_duration", "BASE_TYPE_CHOICES", "Value must be one of {60, 1440, 4320, 10080}.")
+        raise invalid_form("auto_archive_duration", "BASE_TYPE_CHOICES",
+                           "Value must be one of {60, 1440, 4320, 10080}.")
     return name, archive
 
 
